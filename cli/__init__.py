@@ -1,0 +1,1 @@
+"""gnomon's typer command line: a thin layer over :class:`gnomon.core.engine.Engine`."""

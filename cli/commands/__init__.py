@@ -1,0 +1,1 @@
+"""The core CLI commands, one module per group."""

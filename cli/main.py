@@ -1,0 +1,114 @@
+"""Entry point of the ``gnomon`` command: builds the typer app and adds plugin commands.
+
+Start-up is part of the product: nothing imported here (or by the commands' modules
+at import time) may import tensorflow, art or mlflow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import state
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from gnomon.core import HOOK_API_VERSION, __version__
+
+        typer.echo(f"gnomon {__version__} (hook API {HOOK_API_VERSION})")
+        raise typer.Exit()
+
+
+def build_app(with_plugins: bool = True) -> typer.Typer:
+    """The root typer app with the core commands, plus every plugin's ``register_commands``."""
+    app = typer.Typer(
+        name="gnomon",
+        help="gnomon: a plugin-based testbed for attacking and defending machine-learning models.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                     help="Show the version and exit."),
+        debug: bool = typer.Option(False, "--debug", envvar="GNOMON_DEBUG",
+                                   help="Show full tracebacks on errors."),
+    ) -> None:
+        state.options["debug"] = debug
+
+    _install_core_commands(app)
+    if with_plugins:
+        plugins = state.plugins()
+        plugins.add_commands(app)
+    return app
+
+
+#: Core command modules in help order; any other module in ``cli/commands`` with an
+#: ``install(app)`` function is installed after them, in name order.
+CORE_COMMANDS = ("run_cmd", "tasks_cmd", "plugins_cmd")
+
+
+def _install_core_commands(app: typer.Typer) -> None:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    names = list(CORE_COMMANDS) + sorted(
+        m.name for m in pkgutil.iter_modules(commands.__path__) if m.name not in CORE_COMMANDS
+    )
+    for name in names:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
+        install = getattr(module, "install", None)
+        if install is not None:
+            install(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; :class:`GnomonError` becomes a one-line message and its exit code."""
+    from gnomon.core.errors import GnomonError
+
+    try:
+        app = build_app()
+    except GnomonError as exc:  # strict plugin mode
+        from .output import error
+
+        error(str(exc))
+        sys.exit(exc.exit_code)
+    try:
+        app(args=argv, prog_name="gnomon", standalone_mode=True)
+    except SystemExit:
+        raise
+
+
+def handle_errors(fn):
+    """Decorator for commands: GnomonError -> message + exit code; tracebacks with --debug."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from gnomon.core.errors import GnomonError
+
+        try:
+            return fn(*args, **kwargs)
+        except GnomonError as exc:
+            if state.options.get("debug") or os.environ.get("GNOMON_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            from .output import error
+
+            error(str(exc))
+            raise typer.Exit(exc.exit_code)
+
+    return wrapper
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,199 @@
+"""The engine: the Python API over plugins, validation and tracked runs. The CLI is a thin layer on it.
+
+Example::
+
+    from gnomon.core.engine import Engine
+    engine = Engine()
+    result = engine.run("train", {"epochs": 3, "model_architecture": "le_net"})
+    print(result.run_id, result.metrics["accuracy"])
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import GnomonError, ParamValidationError, TaskFailedError, UnknownNameError
+from .params import validate_params
+from .plugins import PluginSet, load_plugins
+from .registry import Registry
+from .tasks import Task
+from .tracking import default_tracking_uri, experiment_name
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_id: str
+    task: str
+    status: str
+    experiment_id: str
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "task": self.task,
+            "status": self.status,
+            "experiment_id": self.experiment_id,
+            "params": {k: _jsonable(v) for k, v in self.params.items()},
+            "metrics": self.metrics,
+            "outputs": {k: _jsonable(v) for k, v in self.outputs.items()},
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+
+
+class Engine:
+    """Lists tasks, validates parameters and runs tasks as MLflow runs.
+
+    Args:
+        plugins: a loaded :class:`PluginSet`; default: :func:`load_plugins` from the environment.
+        tracking_uri: MLflow tracking URI; default: ``MLFLOW_TRACKING_URI`` or the embedded store.
+        experiment: experiment name; default: ``GNOMON_EXPERIMENT`` or ``gnomon``.
+        show_progress: draw rich progress bars on stderr.
+    """
+
+    def __init__(self, plugins: PluginSet | None = None, *, tracking_uri: str | None = None,
+                 experiment: str | None = None, show_progress: bool = True):
+        self.plugins = plugins if plugins is not None else load_plugins()
+        self._tracking_uri = tracking_uri
+        self.experiment = experiment_name(experiment)
+        self.show_progress = show_progress
+        self._tracking_ready = False
+
+    # -- discovery ----------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        return self.plugins.registry
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._tracking_uri or default_tracking_uri()
+
+    def tasks(self) -> list[Task]:
+        return [self.registry.tasks[n] for n in sorted(self.registry.tasks)]
+
+    def task(self, name: str) -> Task:
+        """The task called ``name``; an unknown name suggests the closest ones."""
+        try:
+            return self.registry.tasks[name]
+        except KeyError:
+            raise UnknownNameError("task", name, list(self.registry.tasks)) from None
+
+    # -- validation ---------------------------------------------------------
+    def validate(self, task: str | Task, params: dict[str, Any] | None = None, *, preflight: bool = True) -> dict[str, Any]:
+        """Convert and check ``params``; raises :class:`ParamValidationError` listing every bad field.
+
+        With ``preflight`` the task's ``check`` also runs (it may consult the tracking
+        store, e.g. to verify that a model exists). Nothing is written.
+        """
+        task = self.task(task) if isinstance(task, str) else task
+        values = validate_params(task, params or {}, self.registry)
+        if preflight and task.check is not None:
+            problems = task.check(self, values) or {}
+            if problems:
+                raise ParamValidationError(task.name, problems)
+        return values
+
+    # -- tracking -----------------------------------------------------------
+    def ensure_tracking(self) -> str:
+        """Point MLflow at the tracking store and return the experiment id."""
+        from .tracking import ensure_experiment, setup_tracking
+
+        uri = setup_tracking(self.tracking_uri)
+        self._tracking_ready = True
+        return ensure_experiment(self.experiment, uri)
+
+    def mlflow_client(self):
+        import mlflow
+
+        if not self._tracking_ready:
+            self.ensure_tracking()
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+
+    # -- running ------------------------------------------------------------
+    def run(self, task: str | Task, params: dict[str, Any] | None = None, *, run_name: str | None = None,
+            tags: dict[str, str] | None = None, nested: bool = False, validated: bool = False) -> RunResult:
+        """Validate ``params``, then run the task as an MLflow run and return its result.
+
+        Invalid parameters raise :class:`ParamValidationError` before any run exists.
+        A task that raises leaves its run FAILED (error tag and ``error.txt``) and
+        raises :class:`TaskFailedError`.
+        """
+        task = self.task(task) if isinstance(task, str) else task
+        values = dict(params or {}) if validated else self.validate(task, params)
+        experiment_id = self.ensure_tracking()
+
+        import mlflow
+
+        from . import __version__
+        from .context import RunContext
+
+        seed = int(values.get("seed", 0) or 0)
+        info = self.plugins.infos.get(task.plugin)
+        run_tags = {
+            "gnomon.task": task.name,
+            "gnomon.plugin": task.plugin,
+            "gnomon.plugin_version": info.version if info else "",
+            "gnomon.version": __version__,
+            "gnomon.seed": str(seed),
+            **(tags or {}),
+        }
+        started = time.perf_counter()
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or task.name,
+                              nested=nested, tags=run_tags) as active:
+            run_id = active.info.run_id
+            mlflow.log_params({k: _param_str(v) for k, v in values.items()})
+            ctx = RunContext(task=task.name, run_id=run_id, params=values, seed=seed, engine=self,
+                             experiment_name=self.experiment, show_progress=self.show_progress)
+            ctx.seed_everything()
+            try:
+                returned = task.fn(ctx, **values)
+                if isinstance(returned, dict):
+                    for key, value in returned.items():
+                        if key not in ctx.outputs:
+                            ctx.output(key, value)
+            except KeyboardInterrupt:
+                mlflow.set_tag("gnomon.error", "interrupted")
+                mlflow.end_run(status="KILLED")
+                raise
+            except BaseException as exc:
+                mlflow.set_tag("gnomon.error", f"{type(exc).__name__}: {exc}"[:5000])
+                try:
+                    (ctx.workdir / "error.txt").write_text("".join(traceback.format_exception(exc)))
+                    mlflow.log_artifact(str(ctx.workdir / "error.txt"))
+                except Exception:  # pragma: no cover - never mask the task's error
+                    pass
+                mlflow.end_run(status="FAILED")
+                ctx.cleanup()
+                if isinstance(exc, GnomonError) and not isinstance(exc, TaskFailedError):
+                    raise TaskFailedError(task.name, run_id, exc) from exc
+                raise TaskFailedError(task.name, run_id, exc) from exc
+            finally:
+                duration = time.perf_counter() - started
+            mlflow.log_metric("gnomon_wall_time_s", duration)
+        ctx.cleanup()
+        run = mlflow.MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
+        return RunResult(run_id=run_id, task=task.name, status=run.info.status, experiment_id=experiment_id,
+                         params=values, metrics=dict(run.data.metrics), outputs=dict(ctx.outputs),
+                         duration_s=duration)
+
+
+def _param_str(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("GNOMON_DEBUG", "").lower() in {"1", "true", "yes"}

@@ -1,0 +1,1 @@
+"""Builtin part: attack_tasks (to be filled in)."""

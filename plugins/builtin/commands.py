@@ -1,0 +1,1 @@
+"""Builtin part: commands (to be filled in)."""

@@ -1,0 +1,1 @@
+"""Builtin part: defense_tasks (to be filled in)."""

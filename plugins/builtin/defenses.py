@@ -1,0 +1,1 @@
+"""Builtin part: defenses (to be filled in)."""

@@ -1,0 +1,1 @@
+"""Builtin part: models (to be filled in)."""

@@ -1,0 +1,1 @@
+"""Builtin part: training_tasks (to be filled in)."""

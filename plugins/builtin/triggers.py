@@ -1,0 +1,1 @@
+"""Builtin part: triggers (to be filled in)."""

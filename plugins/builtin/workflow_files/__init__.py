@@ -1,0 +1,1 @@
+"""Builtin workflow files (TOML)."""

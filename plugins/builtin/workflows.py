@@ -1,0 +1,1 @@
+"""Builtin part: workflows (to be filled in)."""
