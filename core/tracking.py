@@ -71,7 +71,10 @@ def ensure_experiment(name: str, uri: str) -> str:
         return experiment.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):
-        artifact_location = (gnomon_home() / "artifacts").resolve().as_uri()
+        import re
+
+        folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+        artifact_location = (gnomon_home() / "artifacts" / folder).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # created concurrently by another process
