@@ -307,7 +307,8 @@ def _register(plugins: PluginSet, info: PluginInfo, importer) -> None:
         if plugins.strict:
             raise PluginError(f"plugin '{info.name}' failed to import: {info.error}") from exc
         return
-    heavy = sorted({m.split(".")[0] for m in set(sys.modules) - before} & set(HEAVY_MODULES))
+    heavy = sorted(({m.split(".")[0] for m in set(sys.modules) - before} | _heavy_references(module))
+                   & set(HEAVY_MODULES))
     if heavy:
         info.warnings.append(
             f"imports {', '.join(heavy)} at import time, which slows every gnomon command; "
@@ -337,6 +338,28 @@ def _register(plugins: PluginSet, info: PluginInfo, importer) -> None:
     info.hooks = sorted(impl.name for impl in plugins.pm.get_hookcallers(module) or [])
     if not info.location:
         info.location = str(Path(getattr(module, "__file__", "") or "").parent)
+
+
+def _heavy_references(module) -> set[str]:
+    """Top-level names of modules bound at module level in ``module`` or its loaded submodules.
+
+    Catches ``import tensorflow as tf`` even when tensorflow was already imported by someone
+    else (then it is not a *new* module in ``sys.modules`` and the import-diff misses it).
+    """
+    import types
+
+    prefix = getattr(module, "__name__", "") + "."
+    modules = [module] + [m for n, m in list(sys.modules.items()) if n.startswith(prefix) and m is not None]
+    found: set[str] = set()
+    for mod in modules:
+        for value in list(vars(mod).values()):
+            if isinstance(value, types.ModuleType):
+                found.add(value.__name__.split(".")[0])
+            elif isinstance(value, type) or callable(value):
+                owner = getattr(value, "__module__", None)
+                if isinstance(owner, str):
+                    found.add(owner.split(".")[0])
+    return found
 
 
 def _dist_location(dist) -> str:
