@@ -1,0 +1,97 @@
+"""Small helpers shared by the dataset modules: workers, progress, atomic writes, natural sort."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key where ``"2.png" < "10.png"``."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+
+
+def worker_count(n_items: int, per_worker_min: int = 2000) -> int:
+    """How many processes to use for ``n_items`` (``GNOMON_WORKERS`` overrides; 1 = in-process)."""
+    env = os.environ.get("GNOMON_WORKERS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, n_items // per_worker_min))
+
+
+def process_pool(workers: int):
+    """A process pool that is safe after TensorFlow has started threads (forkserver, not fork)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+ProgressFactory = Callable[..., Any]
+
+
+@contextlib.contextmanager
+def rich_progress(description: str, total: float | None = None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr yielding ``advance(n=1)``; same protocol as ``RunContext.progress``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        tid = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(tid, n)
+
+
+@contextlib.contextmanager
+def no_progress(description: str, total: float | None = None) -> Iterator[Callable[[int], None]]:
+    yield lambda n=1: None
+
+
+def resolve_progress(progress: Any) -> ProgressFactory:
+    """``progress`` may be None/True (rich bar), False (silent), a RunContext, or a ``progress(desc, total)`` factory."""
+    if progress is None or progress is True:
+        return rich_progress
+    if progress is False:
+        return no_progress
+    if hasattr(progress, "progress") and callable(progress.progress):
+        return progress.progress
+    return progress
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def gnomon_home() -> Path:
+    from gnomon.core.tracking import gnomon_home as _home
+
+    return _home()

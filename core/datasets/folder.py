@@ -1,0 +1,319 @@
+"""Loading an image dataset from a folder of class subfolders: scan, parallel decode, cache.
+
+Layout: ``ROOT/<class>/<image>``, any image format PIL reads, grayscale or colour, any size.
+An optional ``ROOT/gnomon-dataset.json`` (written by :func:`write_dataset_artifact`) supplies
+the class names, the sample order and the provenance metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._util import IMAGE_SUFFIXES, natural_key, process_pool, resolve_progress, worker_count
+from .dataset import ImageDataset, to_float
+from .errors import DatasetError
+
+MANIFEST = "gnomon-dataset.json"
+#: Keys of gnomon-dataset.json that describe the files rather than their provenance.
+STRUCTURAL_KEYS = ("gnomon_dataset_format", "class_names", "files", "image_shape", "n_images", "pixel_format")
+COLOR_MODES = ("grayscale", "rgb")
+_CACHE_VERSION = 1
+
+
+@dataclass
+class FolderScan:
+    """What is in a dataset folder, without decoding anything."""
+
+    root: Path
+    class_names: list[str]
+    files: list[str]  # "<class>/<name>", in dataset order
+    labels: np.ndarray
+    stats: list[tuple[int, int]]  # (size, mtime_ns) per file, same order
+    manifest: dict[str, Any]
+    manifest_stat: tuple[int, int] | None
+
+
+def _normalise_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (int(image_size), int(image_size))
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise DatasetError(f"image_size must be an int or (height, width); got {image_size!r}") from None
+    if h <= 0 or w <= 0:
+        raise DatasetError(f"image_size must be positive; got {image_size!r}")
+    return h, w
+
+
+def _normalise_color(color_mode: str | None) -> str | None:
+    if color_mode is None:
+        return None
+    mode = str(color_mode).lower()
+    mode = {"gray": "grayscale", "grey": "grayscale", "greyscale": "grayscale", "l": "grayscale"}.get(mode, mode)
+    if mode not in COLOR_MODES:
+        raise DatasetError(f"color_mode must be one of {', '.join(COLOR_MODES)} (or None to keep); got {color_mode!r}")
+    return mode
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The parsed ``gnomon-dataset.json`` of ``root`` ({} if absent); a broken one is an error."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read dataset metadata '{path}': {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"dataset metadata '{path}' must hold a JSON object")
+    return data
+
+
+def scan_folder(path: str | Path) -> FolderScan:
+    """List the class folders and images of ``path`` (sizes and mtimes included, nothing decoded)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder "
+                           "(expected <folder>/<class>/<image files>)")
+    manifest = read_manifest(root)
+    try:
+        mst = (root / MANIFEST).stat()
+        manifest_stat = (mst.st_size, mst.st_mtime_ns)
+    except FileNotFoundError:
+        manifest_stat = None
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    class_names = [str(c) for c in manifest.get("class_names") or []]
+    class_names += [c for c in folders if c not in class_names]
+    if not class_names:
+        raise DatasetError(f"dataset folder '{root}' has no class subfolders (expected <folder>/<class>/<image files>)")
+    found: dict[str, tuple[int, int, int]] = {}
+    for label, cls in enumerate(class_names):
+        folder = root / cls
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            name = entry.name
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or not entry.is_file():
+                continue
+            st = entry.stat()
+            found[f"{cls}/{name}"] = (label, st.st_size, st.st_mtime_ns)
+    if not found:
+        raise DatasetError(f"dataset folder '{root}' has class folders ({', '.join(folders[:5])}"
+                           f"{', ...' if len(folders) > 5 else ''}) but no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+    listed = manifest.get("files")
+    if isinstance(listed, list) and len(listed) == len(found) and set(listed) == found.keys():
+        files = [str(f) for f in listed]
+    else:
+        files = sorted(found, key=lambda f: (found[f][0], natural_key(f.split("/", 1)[1])))
+    labels = np.fromiter((found[f][0] for f in files), dtype=np.int64, count=len(files))
+    stats = [found[f][1:] for f in files]
+    return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat)
+
+
+# -- decoding ---------------------------------------------------------------
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _decode_one(path: str, image_size: tuple[int, int] | None, color_mode: str | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = im.mode
+        if color_mode == "grayscale" or (color_mode is None and mode in _GRAY_MODES):
+            if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8))
+            else:
+                im = im.convert("L")
+        else:
+            im = im.convert("RGB")
+        if image_size is not None and im.size != (image_size[1], image_size[0]):
+            im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def decode_chunk(root: str, files: list[str], image_size: tuple[int, int] | None,
+                 color_mode: str | None) -> np.ndarray:
+    """Decode ``files`` (relative to ``root``) into one uint8 array ``(k, h, w, c)``.
+
+    With ``color_mode=None`` grayscale images stay 1-channel unless the chunk also holds colour
+    images (then all become RGB). Different sizes without ``image_size`` are an error naming both files.
+    """
+    arrays = []
+    for rel in files:
+        try:
+            arrays.append(_decode_one(os.path.join(root, rel), image_size, color_mode))
+        except DatasetError:
+            raise
+        except Exception as exc:
+            raise DatasetError(f"cannot read image '{rel}' in '{root}': {type(exc).__name__}: {exc}") from None
+    return stack_images(arrays, files)
+
+
+def stack_images(arrays: list[np.ndarray], files: list[str]) -> np.ndarray:
+    """Stack decoded images, promoting grayscale to RGB when mixed; sizes must agree."""
+    if not arrays:
+        return np.zeros((0, 1, 1, 1), dtype=np.uint8)
+    first = arrays[0].shape[:2]
+    for arr, rel in zip(arrays, files):
+        if arr.shape[:2] != first:
+            raise DatasetError(f"images differ in size: '{files[0]}' is {first[0]}x{first[1]} but '{rel}' is "
+                               f"{arr.shape[0]}x{arr.shape[1]}; pass image_size=(height, width) to resize them")
+    channels = max(a.shape[2] for a in arrays)
+    if channels != min(a.shape[2] for a in arrays):
+        arrays = [np.repeat(a, channels, axis=2) if a.shape[2] == 1 else a for a in arrays]
+    return np.stack(arrays)
+
+
+def _merge_chunks(chunks: list[np.ndarray], files: list[str]) -> np.ndarray:
+    chunks = [c for c in chunks if len(c)]
+    if len(chunks) == 1:
+        return chunks[0]
+    shapes = {c.shape[1:3] for c in chunks}
+    if len(shapes) > 1:
+        (h1, w1), (h2, w2) = sorted(shapes)[:2]
+        raise DatasetError(f"images differ in size ({h1}x{w1} and {h2}x{w2}); pass image_size=(height, width) to resize them")
+    channels = max(c.shape[3] for c in chunks)
+    chunks = [np.repeat(c, channels, axis=3) if c.shape[3] != channels else c for c in chunks]
+    return np.concatenate(chunks)
+
+
+def decode_files(root: Path, files: list[str], image_size: tuple[int, int] | None, color_mode: str | None, *,
+                 progress: Any = None, workers: int | None = None) -> np.ndarray:
+    """Decode every file (in parallel processes for large folders) into one uint8 NHWC array."""
+    progress_factory = resolve_progress(progress)
+    n = len(files)
+    workers = worker_count(n) if workers is None else max(1, int(workers))
+    with progress_factory(f"decoding {root.name}", total=n) as advance:
+        if workers <= 1:
+            chunks = []
+            for start in range(0, n, 1000):
+                part = files[start:start + 1000]
+                chunks.append(decode_chunk(str(root), part, image_size, color_mode))
+                advance(len(part))
+            return _merge_chunks(chunks, files)
+        size = max(500, -(-n // (workers * 8)))
+        parts = [files[i:i + size] for i in range(0, n, size)]
+        with process_pool(workers) as pool:
+            futures = [pool.submit(decode_chunk, str(root), part, image_size, color_mode) for part in parts]
+            chunks = []
+            for future, part in zip(futures, parts):
+                chunks.append(future.result())
+                advance(len(part))
+        return _merge_chunks(chunks, files)
+
+
+# -- cache ------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where decoded folders are cached: ``$GNOMON_HOME/cache/datasets``."""
+    from ._util import gnomon_home
+
+    return gnomon_home() / "cache" / "datasets"
+
+
+def cache_key(scan: FolderScan, image_size: tuple[int, int] | None, color_mode: str | None) -> str:
+    """sha256 of the folder's identity: path, options, and every file's name, size and mtime."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps([_CACHE_VERSION, str(scan.root.resolve()), image_size, color_mode,
+                         scan.manifest_stat, scan.class_names]).encode())
+    h.update("\n".join(f"{f}\0{s}\0{m}" for f, (s, m) in zip(scan.files, scan.stats)).encode())
+    return h.hexdigest()
+
+
+def _cache_load(path: Path, n: int) -> np.ndarray | None:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) != n:
+        return None
+    return arr
+
+
+def _cache_store(path: Path, arr: np.ndarray) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_image_folder_u8(path: str | Path, *, image_size: Any = None, color_mode: str | None = None,
+                         cache: bool = True, progress: Any = None,
+                         workers: int | None = None) -> tuple[np.ndarray, FolderScan]:
+    """Like :func:`load_image_folder` but returns the raw uint8 array and the scan."""
+    size = _normalise_size(image_size)
+    mode = _normalise_color(color_mode)
+    scan = scan_folder(path)
+    target = cache_dir() / f"{cache_key(scan, size, mode)}.npy" if cache else None
+    if target is not None and target.is_file():
+        arr = _cache_load(target, len(scan.files))
+        if arr is not None:
+            return arr, scan
+    arr = decode_files(scan.root, scan.files, size, mode, progress=progress, workers=workers)
+    if target is not None:
+        try:
+            _cache_store(target, arr)
+        except OSError:  # a read-only home must not break loading
+            pass
+    return arr, scan
+
+
+def load_image_folder(path: str | Path, *, image_size: Any = None, color_mode: str | None = None,
+                      cache: bool = True, progress: Any = None, workers: int | None = None) -> ImageDataset:
+    """Load ``path/<class>/<image>`` into an :class:`ImageDataset` (x float32 NHWC in [0, 1]).
+
+    Args:
+        path: folder of class subfolders (class names = sorted folder names, or the
+            ``class_names`` of its ``gnomon-dataset.json``).
+        image_size: ``(height, width)`` or an int; images are resized (bilinear) to it.
+            Without it all images must have the same size.
+        color_mode: ``"grayscale"`` (1 channel), ``"rgb"`` (3 channels) or ``None`` (keep:
+            grayscale if every image is grayscale, else RGB).
+        cache: reuse/store the decoded uint8 array in ``$GNOMON_HOME/cache/datasets``, keyed on
+            the folder's file names, sizes and mtimes and these options.
+        progress: ``None``/``True`` rich bar, ``False`` silent, or a RunContext / progress factory.
+        workers: decoding processes (default: CPUs, 1 for small folders; ``GNOMON_WORKERS``).
+
+    Order: the ``files`` order of ``gnomon-dataset.json`` when it lists exactly the files
+    present, else by class then natural file-name order. ``metadata`` comes from
+    ``gnomon-dataset.json`` (minus its structural keys), with ``source`` defaulting to the folder.
+    """
+    arr, scan = load_image_folder_u8(path, image_size=image_size, color_mode=color_mode, cache=cache,
+                                     progress=progress, workers=workers)
+    metadata = {k: v for k, v in scan.manifest.items() if k not in STRUCTURAL_KEYS}
+    metadata.setdefault("source", str(scan.root))
+    return ImageDataset(to_float(arr), scan.labels, scan.class_names, metadata, scan.files)
+
+
+def clear_cache() -> int:
+    """Delete every cached dataset array; returns the number of files removed."""
+    removed = 0
+    folder = cache_dir()
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.suffix == ".npy" or entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
