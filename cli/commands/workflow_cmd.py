@@ -1,0 +1,152 @@
+"""``gnomon workflow list|show|validate|run`` and ``gnomon report RUN_ID``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import state
+from ..main import handle_errors
+from ..output import console, print_json, table
+
+workflow_app = typer.Typer(help="Run declarative workflows of tasks (the backdoor demos) and list them.",
+                           no_args_is_help=True)
+
+
+@workflow_app.command("list")
+@handle_errors
+def list_workflows(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the registered workflows (run one with 'gnomon workflow run NAME')."""
+    from gnomon.core.workflows import registered_workflows
+
+    engine = state.engine()
+    items = registered_workflows(engine)
+    if as_json:
+        print_json([{"name": n, "plugin": p, "steps": None if isinstance(w, Exception) else len(w.steps),
+                     "description": str(w) if isinstance(w, Exception) else w.description} for n, p, w in items])
+        return
+    rows = [[n, p, "broken" if isinstance(w, Exception) else len(w.steps),
+             f"error: {w}" if isinstance(w, Exception) else w.description] for n, p, w in items]
+    console().print(table(None, ["workflow", "plugin", "steps", "description"], rows))
+
+
+@workflow_app.command("show")
+@handle_errors
+def show_workflow(
+    name: str = typer.Argument(..., help="Workflow name or TOML file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a workflow's variables and its steps with their tasks and parameters."""
+    from gnomon.core.workflows import find_workflow
+    from gnomon.core.workflows.refs import step_dependencies
+
+    workflow = find_workflow(state.engine(), name)
+    if as_json:
+        print_json({"name": workflow.name, "description": workflow.description, "source": workflow.source,
+                    "variables": workflow.variables,
+                    "steps": [{"name": s.name, "task": s.task, "params": s.params, "report": s.report,
+                               "depends_on": step_dependencies(s.params)} for s in workflow.steps]})
+        return
+    out = console()
+    out.print(f"[bold]{workflow.name}[/bold]  [dim]{workflow.source}[/dim]")
+    if workflow.description:
+        out.print(workflow.description)
+    if workflow.variables:
+        out.print(table("variables (override with -P name=value)", ["name", "default"],
+                        [[k, repr(v)] for k, v in workflow.variables.items()]))
+    rows = []
+    for s in workflow.steps:
+        params = "\n".join(f"{k} = {v!r}" for k, v in s.params.items())
+        rows.append([s.index + 1, s.name, s.task, params, ", ".join(step_dependencies(s.params))])
+    out.print(table("steps", ["#", "step", "task", "params", "uses"], rows))
+
+
+@workflow_app.command("validate")
+@handle_errors
+def validate_cmd(
+    name: str = typer.Argument(..., help="Workflow name or TOML file."),
+    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
+) -> None:
+    """Check every step's parameters and references without running anything."""
+    from gnomon.core.params import parse_cli_params
+    from gnomon.core.workflows import apply_overrides, find_workflow, validate_workflow
+
+    engine = state.engine()
+    workflow = find_workflow(engine, name)
+    variables = apply_overrides(workflow, parse_cli_params(param or []))
+    validate_workflow(engine, workflow, variables)
+    console().print(f"workflow '{workflow.name}': {len(workflow.steps)} steps valid")
+
+
+@workflow_app.command("run")
+@handle_errors
+def run_cmd(
+    name: str = typer.Argument(..., help="Workflow name (see 'gnomon workflow list') or TOML file."),
+    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+                                             help="MLflow experiment (default: gnomon)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip steps already finished with identical inputs."),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir",
+                                              help="Where to write the report (default: $GNOMON_HOME/reports/RUN_ID)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not build the report."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run a workflow: all steps in this process, one parent MLflow run with a child run per step."""
+    from gnomon.core.params import parse_cli_params
+    from gnomon.core.workflows import apply_overrides, find_workflow, run_workflow
+
+    engine = state.engine(experiment)
+    engine.show_progress = not (no_progress or as_json)
+    workflow = find_workflow(engine, name)
+    variables = apply_overrides(workflow, parse_cli_params(param or []))
+    result = run_workflow(engine, workflow, variables, resume=resume, make_report=not no_report,
+                          report_dir=report_dir)
+    if as_json:
+        print_json({"workflow": result.workflow, "run_id": result.run_id, "status": result.status,
+                    "duration_s": round(result.duration_s, 3),
+                    "report": str(result.report.html_path) if result.report else None,
+                    "steps": [s.to_dict() for s in result.steps]})
+        return
+    out = console()
+    ran = sum(s.status == "ran" for s in result.steps)
+    out.print(f"workflow [bold]{result.workflow}[/bold] finished in {result.duration_s:.0f} s "
+              f"({ran} steps ran, {len(result.steps) - ran} cached); parent run {result.run_id}")
+    _print_report(out, result.report)
+    out.print(f"[dim]tracking:[/dim] {engine.tracking_uri}  [dim]experiment:[/dim] {engine.experiment}")
+
+
+def _print_report(out, report) -> None:
+    if report is None:
+        return
+    from gnomon.core.workflows.report import results_table
+
+    if report.data.rows:
+        out.print(results_table(report.data))
+    out.print(f"report: {report.html_path}")
+    if report.artifact_uri:
+        out.print(f"[dim]logged as {report.artifact_uri}[/dim]")
+
+
+@handle_errors
+def report_cmd(
+    run_id: str = typer.Argument(..., help="Parent run id of a workflow (printed by 'gnomon workflow run')."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the report (default: "
+                                                                        "$GNOMON_HOME/reports/RUN_ID)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+                                             help="MLflow experiment (only used to reach the store)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log the report on the run again."),
+) -> None:
+    """Rebuild the results report of a finished workflow run and print its table."""
+    from gnomon.core.workflows.report import build_report
+
+    engine = state.engine(experiment)
+    report = build_report(engine, run_id, out_dir=output, log=not no_log)
+    _print_report(console(), report)
+
+
+def install(app: typer.Typer) -> None:
+    app.add_typer(workflow_app, name="workflow")
+    app.command("report")(report_cmd)

@@ -1,0 +1,313 @@
+"""Collecting a finished workflow's results from the tracking store: steps, metrics, curves, example images.
+
+Everything is read back from MLflow (the parent run's ``workflow/plan.json`` and step tags,
+each child run's params and metrics, dataset artifacts), so a report can be rebuilt for
+any finished workflow with ``gnomon report RUN_ID``.
+
+Steps take part in the results table through their ``report`` labels in the workflow file:
+``model`` (row group), ``data`` (``"clean"`` or ``"triggered"``) and ``defense``
+(``"none"`` when absent).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import GnomonError
+
+DEFAULT_ACCURACY_METRIC = "accuracy"
+DEFAULT_ASR_METRIC = "attack_success_rate"
+NO_DEFENSE = "none"
+
+
+@dataclass
+class StepRecord:
+    """One step as recorded: its run, params, metrics and report labels."""
+
+    name: str
+    task: str
+    run_id: str | None
+    status: str
+    step_status: str  # ran / cached / failed / not run
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    duration_s: float | None = None
+
+
+@dataclass
+class ResultRow:
+    """Clean accuracy, triggered accuracy and attack success rate of one model under one defense."""
+
+    model: str
+    defense: str
+    clean_accuracy: float | None = None
+    triggered_accuracy: float | None = None
+    attack_success_rate: float | None = None
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows."""
+
+    run_id: str
+    workflow: str
+    status: str
+    experiment: str
+    variables: dict[str, str]
+    versions: dict[str, str]
+    steps: list[StepRecord]
+    rows: list[ResultRow]
+    curves: dict[str, dict[str, list[tuple[int, float]]]]  # metric -> step -> [(step, value)]
+    examples: list[tuple[str, list[Any]]]  # (row label, images HxWxC float in [0, 1] or None)
+    example_captions: list[str]
+    wall_time_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
+    """Read a workflow's parent run ``run_id`` and its steps' runs from the tracking store."""
+    client = engine.mlflow_client()
+    try:
+        parent = client.get_run(run_id)
+    except Exception as exc:
+        raise GnomonError(f"no run '{run_id}' in the tracking store {engine.tracking_uri} ({type(exc).__name__})") \
+            from None
+    tags = parent.data.tags
+    if "gnomon.workflow" not in tags:
+        raise GnomonError(f"run '{run_id}' is not a workflow run (it has no 'gnomon.workflow' tag); "
+                          "pass the parent run id printed by 'gnomon workflow run'")
+    plan = _load_json_artifact(client, run_id, "workflow/plan.json") or {"steps": []}
+    report_opts = plan.get("report") or {}
+    steps = []
+    for planned in plan.get("steps", []):
+        name = planned["name"]
+        child_id = tags.get(f"gnomon.step.{name}.run_id") or None
+        step_status = tags.get(f"gnomon.step.{name}.status", "not run")
+        record = StepRecord(name=name, task=planned["task"], run_id=child_id, status="", step_status=step_status,
+                            labels=dict(planned.get("report") or {}))
+        if child_id:
+            child = client.get_run(child_id)
+            record.status = child.info.status
+            record.params = dict(child.data.params)
+            record.metrics = dict(child.data.metrics)
+            record.duration_s = child.data.metrics.get("gnomon_wall_time_s")
+        steps.append(record)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    data = ReportData(
+        run_id=run_id, workflow=tags["gnomon.workflow"], status=parent.info.status,
+        experiment=experiment.name if experiment else parent.info.experiment_id,
+        variables={k[4:]: v for k, v in parent.data.params.items() if k.startswith("var.")},
+        versions=json.loads(tags.get("gnomon.versions", "{}")),
+        steps=steps,
+        rows=result_rows(steps, report_opts.get("accuracy_metric", DEFAULT_ACCURACY_METRIC),
+                         report_opts.get("asr_metric", DEFAULT_ASR_METRIC)),
+        curves=training_curves(client, steps),
+        examples=[], example_captions=[],
+        wall_time_s=parent.data.metrics.get("gnomon_wall_time_s"),
+    )
+    try:
+        data.examples, data.example_captions = example_images(engine, client, steps, n_examples)
+    except Exception as exc:  # pictures are a bonus; the numbers must still be reported
+        data.notes.append(f"example images unavailable: {type(exc).__name__}: {exc}")
+    return data
+
+
+def _load_json_artifact(client, run_id: str, path: str) -> Any:
+    with tempfile.TemporaryDirectory(prefix="gnomon-report-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def result_rows(steps: list[StepRecord], accuracy_metric: str, asr_metric: str) -> list[ResultRow]:
+    """One row per (model, defense) from the steps labelled with ``model`` and ``data``."""
+    rows: dict[tuple[str, str], ResultRow] = {}
+    for step in steps:
+        model, kind = step.labels.get("model"), step.labels.get("data")
+        if not model or kind not in {"clean", "triggered"} or not step.run_id:
+            continue
+        defense = step.labels.get("defense", NO_DEFENSE)
+        row = rows.setdefault((model, defense), ResultRow(model=model, defense=defense))
+        accuracy = step.metrics.get(accuracy_metric)
+        if kind == "clean":
+            row.clean_accuracy = accuracy
+        else:
+            row.triggered_accuracy = accuracy
+            row.attack_success_rate = step.metrics.get(asr_metric)
+    return list(rows.values())
+
+
+def training_curves(client, steps: list[StepRecord]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per-epoch metrics (any metric logged at two or more steps) of every step's run."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for step in steps:
+        if not step.run_id or step.labels.get("data"):
+            continue
+        for key in sorted(step.metrics):
+            history = client.get_metric_history(step.run_id, key)
+            if len(history) < 2:
+                continue
+            points = sorted((m.step, m.value) for m in history)
+            curves.setdefault(key, {})[step.name] = points
+    return curves
+
+
+# -- example images ------------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    label: str
+    run_id: str | None
+    tar_name: str | None
+    dataset_name: str | None
+    data_dir: str | None
+
+
+def _dataset_source(engine, step: StepRecord) -> _Source | None:
+    """Where the dataset an evaluation step read comes from, from its params."""
+    try:
+        schema = engine.task(step.task).schema
+    except GnomonError:
+        return None
+    meta = getattr(schema, "__dataset_source__", None) or {}
+    run_field = meta.get("run_id_field") or ("dataset_run_id" if "dataset_run_id" in step.params else "run_id")
+    dir_field = meta.get("data_dir_field", "data_dir")
+    p = step.params
+    label = step.labels.get("data", "")
+    defense = step.labels.get("defense", NO_DEFENSE)
+    label = label if defense == NO_DEFENSE else f"{label} + {defense}"
+    if str(p.get("load_dataset_from_mlruns", "")).lower() in {"true", "1", "yes"} and p.get(run_field):
+        return _Source(label, p[run_field], p.get("dataset_tar_name"), p.get("dataset_name"), None)
+    data_dir = p.get(dir_field)
+    return _Source(label, None, None, None, None if data_dir in (None, "", "None") else data_dir)
+
+
+class _Images:
+    """Random access to a dataset's images by relative path, from a tar artifact or a folder."""
+
+    def __init__(self, engine, client, source: _Source, tmp: Path):
+        self.members: dict[str, Any] = {}
+        self.metadata: dict[str, Any] = {}
+        self._tar = None
+        self._dir: Path | None = None
+        if source.run_id:
+            local = client.download_artifacts(source.run_id, source.tar_name, str(tmp))
+            self._tar = tarfile.open(local)
+            prefix = (source.dataset_name or "").strip("/")
+            for member in self._tar.getmembers():
+                if not member.isfile():
+                    continue
+                name = member.name.lstrip("./")
+                rel = name[len(prefix) + 1:] if prefix and name.startswith(prefix + "/") else name
+                if rel.endswith("gnomon-dataset.json"):
+                    self.metadata = json.loads(self._tar.extractfile(member).read())
+                elif rel.lower().endswith((".png", ".jpg", ".jpeg")):
+                    self.members[rel] = member
+        else:
+            root = Path(source.data_dir) if source.data_dir else _default_test_dir()
+            self._dir = root
+            for path in sorted(root.glob("*/*")):
+                if path.suffix.lower() in {".png", ".jpg", ".jpeg"}:
+                    self.members[f"{path.parent.name}/{path.name}"] = path
+        self._by_base = {}
+        for rel in self.members:
+            self._by_base.setdefault(rel.rsplit("/", 1)[-1], rel)
+
+    def find(self, rel: str) -> str | None:
+        if rel in self.members:
+            return rel
+        return self._by_base.get(rel.rsplit("/", 1)[-1])
+
+    def image(self, rel: str):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        member = self.members[rel]
+        if self._tar is not None:
+            raw = self._tar.extractfile(member).read()
+            im = Image.open(io.BytesIO(raw))
+        else:
+            im = Image.open(member)
+        with im:
+            return np.asarray(im, dtype=np.float32) / 255.0
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+
+def _default_test_dir() -> Path:
+    from ..datasets import mnist_dir  # the data work provides it; imported lazily
+
+    return Path(mnist_dir("testing"))
+
+
+def example_images(engine, client, steps: list[StepRecord], n: int) -> tuple[list[tuple[str, list[Any]]], list[str]]:
+    """A grid of the same ``n`` images across the datasets the evaluation steps read.
+
+    Rows: clean, triggered, then each defended set (one row per distinct dataset label).
+    The images are triggered samples whose true class differs from the target class.
+    """
+    sources: list[_Source] = []
+    seen = set()
+    for step in steps:
+        if not step.run_id or step.labels.get("data") not in {"clean", "triggered"}:
+            continue
+        source = _dataset_source(engine, step)
+        if source is None or source.label in seen:
+            continue
+        seen.add(source.label)
+        sources.append(source)
+    if not sources:
+        return [], []
+    order = {"clean": 0, "triggered": 1}
+    sources.sort(key=lambda s: order.get(s.label, 2 if s.label.startswith("triggered") else 3))
+    with tempfile.TemporaryDirectory(prefix="gnomon-report-") as tmp:
+        readers = []
+        try:
+            for i, source in enumerate(sources):
+                folder = Path(tmp) / str(i)
+                folder.mkdir()
+                readers.append(_Images(engine, client, source, folder))
+            chosen = _choose_examples(readers, sources, n)
+            rows = []
+            for source, reader in zip(sources, readers):
+                images = []
+                for rel in chosen:
+                    found = reader.find(rel)
+                    images.append(reader.image(found) if found else None)
+                rows.append((source.label, images))
+            captions = [rel.rsplit("/", 1)[0] for rel in chosen]
+            return rows, [f"class {c}" for c in captions]
+        finally:
+            for reader in readers:
+                reader.close()
+
+
+def _choose_examples(readers: list[_Images], sources: list[_Source], n: int) -> list[str]:
+    triggered = next((r for r, s in zip(readers, sources) if s.label == "triggered"), None) or \
+        next((r for r in readers if r.metadata.get("poisoned_files")), None) or readers[0]
+    meta = triggered.metadata
+    target = meta.get("target_class")
+    candidates = [p for p in meta.get("poisoned_files") or [] if triggered.find(p)]
+    if target is not None:
+        names = meta.get("class_names") or []
+        target_name = names[int(target)] if names and int(target) < len(names) else str(target)
+        candidates = [p for p in candidates if p.split("/", 1)[0] != target_name] or candidates
+    if not candidates:
+        candidates = sorted(triggered.members)
+    candidates = sorted(candidates)
+    if len(candidates) <= n:
+        return candidates
+    stride = len(candidates) / n
+    return [candidates[int(i * stride)] for i in range(n)]
