@@ -1,0 +1,238 @@
+"""Dataset artifacts through real MLflow runs: exact round trip of quantize(x), provenance, clear errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+from marshmallow import fields
+
+from gnomon.core.datasets import (
+    DatasetError,
+    ImageDataset,
+    UnsafeArchiveError,
+    load_image_folder,
+    quantize,
+    read_dataset_artifact,
+    resolve_dataset,
+    write_dataset_artifact,
+)
+from gnomon.core.errors import ParamValidationError, TaskFailedError
+from gnomon.core.hookspecs import hookimpl
+from gnomon.core.schemas import DatasetSource, TaskSchema
+from gnomon.core.tasks import Task
+
+PRODUCED: dict[str, ImageDataset] = {}
+
+
+class ProduceSchema(TaskSchema, DatasetSource("dataset_run_id", default_split="testing")):
+    noise = fields.Float(load_default=0.1)
+    target_class = fields.Integer(load_default=3)
+
+
+def produce(ctx, seed, noise, target_class, **params):
+    """A stand-in attack: noisy copies (not on the 8-bit grid), a third of them 'triggered'."""
+    source = resolve_dataset(ctx, params, run_id_field="dataset_run_id")
+    x = np.clip(source.x + ctx.rng.normal(0, noise, source.x.shape).astype(np.float32), 0, 1)
+    poisoned = np.flatnonzero(ctx.rng.random(len(x)) < 1 / 3)
+    meta = dict(source.metadata, target_class=target_class, trigger="noise", poisoned_indices=poisoned.tolist())
+    attacked = ImageDataset(x, source.y, source.class_names, meta, source.files)
+    PRODUCED["in_memory"] = attacked
+    PRODUCED["returned"] = write_dataset_artifact(ctx, attacked, "adv_testing.tar", "adv_data")
+    return {"n": len(attacked)}
+
+
+class ConsumeSchema(TaskSchema, DatasetSource("dataset_run_id", default_tar="adv_testing.tar", default_name="adv_data")):
+    pass
+
+
+def consume(ctx, seed, **params):
+    ds = resolve_dataset(ctx, params, run_id_field="dataset_run_id")
+    PRODUCED["consumed"] = ds
+    ctx.log_metric("n_poisoned", int(ds.poisoned_mask().sum()))
+    return {"n": len(ds)}
+
+
+def _consume_check(engine, params):
+    from gnomon.core.datasets import check_dataset_source
+
+    return check_dataset_source(engine, params, run_id_field="dataset_run_id")
+
+
+class _Plugin:
+    @hookimpl
+    def register_tasks(self, register):
+        register(Task(name="test_produce", summary="write a dataset artifact", schema=ProduceSchema, fn=produce))
+        register(Task(name="test_consume", summary="read a dataset artifact", schema=ConsumeSchema, fn=consume,
+                      check=_consume_check))
+
+
+@pytest.fixture
+def engine(gnomon_engine_factory):
+    PRODUCED.clear()
+    return gnomon_engine_factory(plugins=[_Plugin()])
+
+
+def test_round_trip_equals_quantized_in_memory(engine, mnist_sample_arrays):
+    produced = engine.run("test_produce", {"seed": 5})
+    original = PRODUCED["in_memory"]
+    assert not np.array_equal(original.x, quantize(original.x))  # the test would prove nothing otherwise
+
+    back = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    np.testing.assert_array_equal(back.x, quantize(original.x))  # bit for bit
+    np.testing.assert_array_equal(back.y, original.y)
+    assert back.class_names == original.class_names
+    np.testing.assert_array_equal(back.poisoned_mask(), original.poisoned_mask())
+    assert back.poisoned_mask().sum() > 50
+    # what the producer got back is exactly what consumers see
+    returned = PRODUCED["returned"]
+    np.testing.assert_array_equal(returned.x, back.x)
+    assert returned.files == back.files
+
+    # an accuracy computed on either is therefore identical (nearest-class-mean classifier on the clean sample)
+    x_train, y_train = mnist_sample_arrays["training"]
+    means = np.stack([x_train[y_train == c].mean(0) / 255.0 for c in range(10)]).reshape(10, -1)
+    def accuracy(ds):
+        d = ((ds.x.reshape(len(ds), 1, -1) - means[None]) ** 2).sum(-1)
+        return float((d.argmin(1) == ds.y).mean())
+    assert accuracy(back) == accuracy(returned.replace(x=quantize(original.x)))
+
+    meta = back.metadata
+    assert meta["target_class"] == 3 and meta["trigger"] == "noise"
+    assert meta["produced_by"]["task"] == "test_produce"
+    assert meta["produced_by"]["run_id"] == produced.run_id
+    assert meta["produced_by"]["params"]["noise"] == 0.1
+    assert meta["artifact"] == {"run_id": produced.run_id, "tar_name": "adv_testing.tar", "dataset_name": "adv_data"}
+    assert "mnist" in meta["source"]
+
+
+def test_artifact_layout_and_chained_consumer(engine, tmp_path):
+    produced = engine.run("test_produce", {"seed": 1})
+    client = engine.mlflow_client()
+    path = client.download_artifacts(produced.run_id, "adv_testing.tar", str(tmp_path))
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("adv_data/gnomon-dataset.json"))
+    assert "adv_data/gnomon-dataset.json" in names
+    assert {f"adv_data/{c}" for c in "0123456789"} <= set(names)
+    assert all(n.startswith("adv_data") for n in names)
+    assert manifest["class_names"] == [str(i) for i in range(10)] and manifest["n_images"] == 300
+    assert manifest["image_shape"] == [28, 28, 1] and manifest["pixel_format"] == "png-8bit"
+    assert set(manifest["poisoned_files"]) <= set(manifest["files"])
+
+    consumed = engine.run("test_consume", {"load_dataset_from_mlruns": "true", "dataset_run_id": produced.run_id})
+    assert consumed.metrics["n_poisoned"] == len(manifest["poisoned_files"])
+    np.testing.assert_array_equal(PRODUCED["consumed"].x, PRODUCED["returned"].x)
+
+    # a producer reading an artifact keeps the lineage
+    again = engine.run("test_produce", {"load_dataset_from_mlruns": True, "dataset_run_id": produced.run_id,
+                                        "dataset_tar_name": "adv_testing.tar", "dataset_name": "adv_data"})
+    meta = read_dataset_artifact(engine, again.run_id, "adv_testing.tar", "adv_data").metadata
+    assert meta["produced_by"]["run_id"] == again.run_id
+    assert meta["lineage"][0]["run_id"] == produced.run_id
+
+
+def test_missing_run_tar_and_folder_are_clear(engine):
+    produced = engine.run("test_produce", {"seed": 2})
+    with pytest.raises(DatasetError, match="no MLflow run 'deadbeef'"):
+        read_dataset_artifact(engine, "deadbeef", "adv_testing.tar", "adv_data")
+    with pytest.raises(DatasetError, match=r"has no artifact 'other.tar' \(its tar artifacts: adv_testing.tar\)"):
+        read_dataset_artifact(engine, produced.run_id, "other.tar", "adv_data")
+    with pytest.raises(DatasetError, match=r"has no folder 'wrong' \(it holds: adv_data\)"):
+        read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "wrong")
+    with pytest.raises(DatasetError, match="dataset_name must be a plain"):
+        read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "../x")
+    # the task's check reports these before any run exists
+    with pytest.raises(ParamValidationError, match="dataset_run_id: no MLflow run 'nope'"):
+        engine.run("test_consume", {"load_dataset_from_mlruns": True, "dataset_run_id": "nope"})
+    with pytest.raises(ParamValidationError, match="dataset_tar_name: run .* has no artifact 'x.tar'"):
+        engine.run("test_consume", {"load_dataset_from_mlruns": True, "dataset_run_id": produced.run_id,
+                                    "dataset_tar_name": "x.tar"})
+    with pytest.raises(ParamValidationError, match="dataset_run_id"):
+        engine.run("test_consume", {"load_dataset_from_mlruns": True})
+
+
+def test_hostile_artifact_is_refused(engine, tmp_path):
+    import mlflow
+
+    engine.ensure_tracking()
+    evil = tmp_path / "adv_testing.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("adv_data/../../../escaped.png")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with mlflow.start_run(experiment_id=engine.ensure_tracking()) as run:
+        mlflow.log_artifact(str(evil))
+    with pytest.raises(UnsafeArchiveError, match="member 'adv_data/../../../escaped.png' has '..'"):
+        read_dataset_artifact(engine, run.info.run_id, "adv_testing.tar", "adv_data")
+    with pytest.raises(TaskFailedError, match="has '..'"):
+        engine.run("test_consume", {"load_dataset_from_mlruns": True, "dataset_run_id": run.info.run_id})
+
+
+def test_folder_from_artifact_keeps_order_and_metadata(tmp_path, gnomon_home):
+    """write_image_folder + load_image_folder: the manifest's order and class list win (even empty classes)."""
+    from gnomon.core.datasets import write_image_folder
+
+    rng = np.random.default_rng(0)
+    ds = ImageDataset(rng.random((7, 5, 4, 3), dtype=np.float32), [2, 0, 2, 0, 2, 2, 0], ["a", "b", "c"],
+                      {"target_class": 0, "poisoned_indices": [1, 6]})
+    written = write_image_folder(ds, tmp_path / "out", progress=False)
+    back = load_image_folder(tmp_path / "out", progress=False)
+    assert back.class_names == ["a", "b", "c"] and back.files == written.files
+    np.testing.assert_array_equal(back.x, quantize(ds.x))
+    np.testing.assert_array_equal(back.y, ds.y)
+    np.testing.assert_array_equal(back.poisoned_mask(), ds.poisoned_mask())
+    assert back.metadata["target_class"] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_round_trip_through_remote_tracking_server(tmp_path, gnomon_engine_factory, monkeypatch):
+    """A real ``mlflow server`` with proxied artifacts: write and read the artifact over HTTP."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail("mlflow server exited")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        PRODUCED.clear()
+        engine = gnomon_engine_factory(plugins=[_Plugin()])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        assert engine.tracking_uri.startswith("http://")
+        produced = engine.run("test_produce", {"seed": 3})
+        back = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+        np.testing.assert_array_equal(back.x, quantize(PRODUCED["in_memory"].x))
+        assert list((tmp_path / "server-artifacts").rglob("adv_testing.tar"))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
