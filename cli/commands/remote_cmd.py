@@ -1,0 +1,247 @@
+"""Remote execution commands: ``plugins sync|pull``, ``worker``, ``submit`` and ``jobs list|show|cancel``.
+
+Only typer is imported here; boto3, rq, redis and mlflow are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import typer
+
+from .. import state
+from ..main import handle_errors
+from ..output import console, print_json, table
+from .plugins_cmd import plugins_app
+
+jobs_app = typer.Typer(help="List, inspect and cancel jobs on a Redis queue.", no_args_is_help=True)
+
+ENDPOINT_HELP = "S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS)."
+REDIS_HELP = "Redis URL (default: GNOMON_REDIS_URL, else redis://127.0.0.1:6379/0)."
+QUEUE_HELP = "RQ queue name."
+
+
+def _bundle_progress(total: int, description: str, quiet: bool):
+    """A rich progress bar over ``total`` bundles on stderr; returns ``(context, callback)``."""
+    import contextlib
+
+    if quiet or total == 0:
+        return contextlib.nullcontext(), None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[last]}"), console=console(stderr=True), transient=True)
+    tid = bar.add_task(description, total=total, last="")
+
+    def advance(name: str, outcome: str, size: int) -> None:
+        bar.update(tid, advance=1, last=f"{name} {outcome}")
+
+    return bar, advance
+
+
+@plugins_app.command("sync")
+@handle_errors
+def sync(
+    url: str = typer.Argument(..., help="Destination, s3://BUCKET/PREFIX."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be uploaded or deleted; write nothing."),
+    delete: bool = typer.Option(False, "--delete", help="Delete bundles no current (or recent) manifest references."),
+    keep_for: float = typer.Option(3600.0, "--keep-for", help="With --delete: keep what manifests younger than this many seconds reference."),
+    jobs: int = typer.Option(8, "--jobs", "-j", min=1, max=64, help="Parallel uploads."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Upload every loaded plugin as a content-addressed bundle, then the manifest (written last)."""
+    from gnomon.core.remote.sync import sync_plugins
+
+    plugins = state.plugins()
+    state.warn_broken()
+    bar, advance = _bundle_progress(len(plugins.loaded), "sync", as_json)
+    with bar:
+        report = sync_plugins(plugins, url, endpoint=endpoint_url, dry_run=dry_run, delete=delete,
+                              keep_for=keep_for, workers=jobs, on_bundle=advance)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out = console()
+    verb = "would upload" if dry_run else "uploaded"
+    rows = [[n, verb, f"{s:,}"] for n, s in report.uploaded] + [[n, "unchanged", "0"] for n in report.skipped]
+    out.print(table(f"sync to {report.location}", ["plugin", "action", "bytes"], sorted(rows)))
+    for name, reason in report.not_synced:
+        out.print(f"[yellow]not synced[/yellow] {name}: {reason}")
+    for key in report.deleted:
+        out.print(f"{'would delete' if dry_run else 'deleted'} {key}")
+    state_text = ("written" if report.manifest_written else
+                  "unchanged" if not dry_run or not report.uploaded else "not written (dry run)")
+    out.print(f"{verb} {len(report.uploaded)}, skipped {len(report.skipped)}, {report.bytes_uploaded:,} bytes; "
+              f"manifest {report.manifest_id} {state_text} ({report.seconds:.2f} s)")
+
+
+@plugins_app.command("pull")
+@handle_errors
+def pull_cmd(
+    url: str = typer.Argument(..., help="Source, s3://BUCKET/PREFIX."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Plugin cache folder (default: $GNOMON_HOME/plugin-cache)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Manifest version to pull (default: the latest sync)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fetch changed bundles, verify their sha256, extract them safely and switch the cache's active set."""
+    from gnomon.core.remote.pull import active_dir, default_cache, pull
+
+    cache_dir = cache or str(default_cache())
+    report = pull(url, cache_dir, version=version, endpoint=endpoint_url)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out = console()
+    out.print(f"manifest {report.manifest_id}: fetched {len(report.fetched)} ({report.bytes_fetched:,} bytes), "
+              f"cached {len(report.reused)}; active set {'switched' if report.changed else 'unchanged'} "
+              f"({report.seconds:.2f} s)")
+    out.print(f"use it with: export GNOMON_PLUGIN_PATH={active_dir(cache_dir)}")
+
+
+@handle_errors
+def worker(
+    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    queue: List[str] = typer.Option(["gnomon"], "--queue", "-q", help=QUEUE_HELP + " Repeat for several."),
+    plugins: Optional[str] = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
+                                          help="s3://BUCKET/PREFIX the plugins were synced to; jobs run exactly those."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="This worker's plugin cache (default: $GNOMON_HOME/plugin-cache)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                               help="Shared MLflow tracking server, e.g. http://mlflow:5000."),
+    burst: bool = typer.Option(False, "--burst", help="Exit when the queues are empty."),
+    name: Optional[str] = typer.Option(None, "--name", help="Worker name (default: RQ's)."),
+    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between heartbeats while a job runs."),
+    abandoned_after: int = typer.Option(60, "--abandoned-after", min=1,
+                                        help="A job whose worker missed heartbeats this long is abandoned (retried or failed)."),
+    maintenance_interval: int = typer.Option(60, "--maintenance-interval", min=1,
+                                             help="Seconds between cleanups of abandoned jobs."),
+) -> None:
+    """Run an RQ worker: pull the synced plugins, then run jobs from the queues, logging to the tracking server."""
+    from gnomon.core.remote.worker import start_worker
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    start_worker(redis, list(queue), plugins, cache=cache, endpoint=endpoint_url, burst=burst, name=name,
+                 heartbeat=heartbeat, abandoned_after=abandoned_after, maintenance_interval=maintenance_interval,
+                 echo=lambda m: console(stderr=True).print(m, markup=False))
+
+
+@handle_errors
+def submit(
+    task: str = typer.Argument(..., help="Task name."),
+    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Parameter as name=value; repeat."),
+    queue: str = typer.Option("gnomon", "--queue", "-q", help=QUEUE_HELP),
+    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    plugins: Optional[str] = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
+                                          help="s3://BUCKET/PREFIX: validate against (and pin the job to) the synced plugins."),
+    plugins_version: Optional[str] = typer.Option(None, "--plugins-version", help="Manifest version (default: latest)."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Plugin cache used for validation."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+                                             help="MLflow experiment (default: gnomon)."),
+    retries: int = typer.Option(0, "--retries", min=0, help="Re-run the job this many times if it fails or its worker dies."),
+    timeout: Optional[int] = typer.Option(None, "--timeout", min=1, help="Kill the job after this many seconds."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the job to end and print its result."),
+    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", help="With --wait: give up after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Validate TASK's parameters, then enqueue it for a worker (pinned to the synced manifest version)."""
+    from gnomon.core.engine import Engine
+    from gnomon.core.params import parse_cli_params
+    from gnomon.core.remote import RemoteError
+    from gnomon.core.remote import jobs as rjobs
+
+    params = parse_cli_params(param or [])
+    manifest_id = None
+    if plugins:
+        from gnomon.core.remote.pull import load_synced_plugins, pull
+
+        report = pull(plugins, cache, version=plugins_version, endpoint=endpoint_url)
+        manifest_id = report.manifest_id
+        engine = Engine(load_synced_plugins(report.set_dir), experiment=experiment, show_progress=False)
+    else:
+        engine = state.engine(experiment)
+    # bad params never reach the queue; checks needing the tracking store run only against a shared server
+    engine.validate(task, params, preflight=bool(os.environ.get("MLFLOW_TRACKING_URI")))
+    connection = rjobs.connect(redis)
+    job = rjobs.submit(connection, task, params, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
+                       experiment=engine.experiment, retries=retries, timeout=timeout)
+    if not wait:
+        if as_json:
+            print_json({"id": job.id, "queue": queue, "task": task, "manifest": manifest_id, "status": "queued"})
+        else:
+            console().print(f"submitted job {job.id} ({task}) to queue '{queue}'"
+                            + (f", plugins manifest {manifest_id}" if manifest_id else ""))
+        return
+    info = rjobs.wait(connection, job.id, timeout=wait_timeout)
+    _print_job(info, as_json)
+    if info["status"] != "finished":
+        raise RemoteError(f"job {job.id} {info['status']}: {info.get('error') or 'no error recorded'}")
+
+
+def _print_job(info: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(info)
+        return
+    out = console()
+    rows = [[k, v] for k, v in info.items() if k not in {"result", "params"} and v not in (None, "")]
+    rows.insert(2, ["params", " ".join(f"{k}={v}" for k, v in (info.get("params") or {}).items())])
+    out.print(table(f"job {info['id']}", ["field", "value"], rows))
+    result = info.get("result") or {}
+    if result.get("metrics"):
+        out.print(table("metrics", ["metric", "value"], [[k, f"{v:.6g}"] for k, v in sorted(result["metrics"].items())]))
+
+
+@jobs_app.command("list")
+@handle_errors
+def list_jobs(
+    queue: str = typer.Option("gnomon", "--queue", "-q", help=QUEUE_HELP),
+    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many jobs (newest first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Jobs of a queue, newest first: waiting, running, finished, failed, stopped and canceled."""
+    from gnomon.core.remote import jobs as rjobs
+
+    entries = rjobs.list_jobs(rjobs.connect(redis), queue, limit=limit)
+    if as_json:
+        print_json(entries)
+        return
+    rows = [[e["id"], e["status"], e["task"], e["manifest"], e["enqueued_at"], e["ended_at"], e["run_id"]]
+            for e in entries]
+    console().print(table(f"queue {queue}", ["job", "status", "task", "manifest", "enqueued", "ended", "run"], rows))
+
+
+@jobs_app.command("show")
+@handle_errors
+def show_job(
+    job_id: str = typer.Argument(..., help="Job id."),
+    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """A job's status, task, parameters, manifest, worker, MLflow run, error and result."""
+    from gnomon.core.remote import jobs as rjobs
+
+    _print_job(rjobs.describe(rjobs.fetch(rjobs.connect(redis), job_id)), as_json)
+
+
+@jobs_app.command("cancel")
+@handle_errors
+def cancel_job(
+    job_id: str = typer.Argument(..., help="Job id."),
+    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+) -> None:
+    """Cancel a waiting job, or stop a running one."""
+    from gnomon.core.remote import jobs as rjobs
+
+    outcome = rjobs.cancel(rjobs.connect(redis), job_id)
+    console().print(f"job {job_id}: {outcome}")
+
+
+def install(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+    app.command("submit")(submit)
+    app.add_typer(jobs_app, name="jobs")

@@ -1,0 +1,181 @@
+"""The RQ worker (``gnomon worker``) and the function it runs for each job.
+
+``gnomon worker`` pulls the latest plugin set once (to fail fast on bad credentials), then
+runs an RQ :class:`rq.Worker` that forks a work horse per job. In the horse,
+:func:`run_job` pulls the exact manifest version the job was submitted against (no S3
+call when that set is already cached), loads exactly those plugins - never the builtins or
+entry points of the worker's own environment - and runs the task through the engine, which
+logs to ``MLFLOW_TRACKING_URI`` (the shared tracking server).
+
+Abandoned jobs: the worker refreshes the job's entry in RQ's StartedJobRegistry every
+``heartbeat`` seconds, with a time-to-live of ``heartbeat + abandoned_after``. If the worker
+dies, the entry expires and the next registry cleanup by any worker (every
+``maintenance_interval`` seconds, and at its start) re-enqueues the job when it has retries
+left (``gnomon submit --retries N``), else moves it to the failed registry with
+``AbandonedJobError``; :func:`on_job_failure` then marks the MLflow run it left RUNNING as FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from . import RemoteError
+
+ENV_PLUGINS = "GNOMON_WORKER_PLUGINS"
+ENV_CACHE = "GNOMON_WORKER_CACHE"
+
+
+def _current_job():
+    from rq import get_current_job
+
+    return get_current_job()
+
+
+def _save(job, **values: Any) -> None:
+    if job is None:
+        return
+    job.meta.update(values)
+    job.save_meta()
+
+
+def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
+            experiment: str | None = None) -> dict[str, Any]:
+    """Run one job (called by RQ in the work horse); returns the run's result as a dict."""
+    from ..engine import Engine
+    from ..errors import GnomonError, TaskFailedError
+    from ..plugins import load_plugins
+    from .pull import load_synced_plugins, pull
+
+    job = _current_job()
+    _save(job, function_started_at=time.time(), worker_host=socket.gethostname())
+    url = os.environ.get(ENV_PLUGINS)
+    try:
+        if url:
+            began = time.perf_counter()
+            report = pull(url, os.environ.get(ENV_CACHE) or None, version=manifest_id)
+            _save(job, pulled_manifest=report.manifest_id, pull_s=round(time.perf_counter() - began, 4))
+            plugins = load_synced_plugins(report.set_dir)
+        else:
+            plugins = load_plugins()
+        engine = Engine(plugins, experiment=experiment, show_progress=False)
+        engine.registry  # noqa: B018 - registration errors surface now
+        broken = [f"{i.name}: {i.error}" for i in plugins.broken]
+        if broken and task not in engine.registry.tasks:
+            raise RemoteError(f"broken plugins on this worker: {'; '.join(broken)}")
+        tags = {"gnomon.job_id": job.id if job else "", "gnomon.queue": job.origin if job else "",
+                "gnomon.manifest": (job.meta.get("pulled_manifest") if job else "") or ""}
+        result = engine.run(task, params, tags=tags)
+    except TaskFailedError as exc:
+        _save(job, run_id=exc.run_id, error=str(exc))
+        raise
+    except GnomonError as exc:
+        _save(job, error=str(exc))
+        raise
+    _save(job, run_id=result.run_id, error=None)
+    return result.to_dict()
+
+
+def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
+    """RQ failure callback: record abandoned jobs and mark their RUNNING MLflow runs FAILED."""
+    name = getattr(exc_type, "__name__", str(exc_type))
+    if name != "AbandonedJobError":
+        return  # the engine has already marked the run FAILED
+    job.meta["error"] = ("the worker died while running this job (AbandonedJobError); "
+                         + ("it was re-enqueued" if (job.retries_left or 0) > 0 else "no retries left"))
+    try:
+        job.save_meta()
+    except Exception:
+        pass
+    mark_runs_failed(job.id, "worker died (AbandonedJobError)")
+
+
+def mark_runs_failed(job_id: str, reason: str) -> list[str]:
+    """Mark RUNNING MLflow runs tagged with ``gnomon.job_id=job_id`` as FAILED; returns their ids."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return []
+    try:
+        from ..tracking import quiet_mlflow
+
+        quiet_mlflow()
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string=f"tags.`gnomon.job_id` = '{job_id}' and "
+                                                             "attributes.status = 'RUNNING'")
+        for run in runs:
+            client.set_tag(run.info.run_id, "gnomon.error", reason)
+            client.set_terminated(run.info.run_id, status="FAILED")
+        return [r.info.run_id for r in runs]
+    except Exception:  # never break RQ's registry cleanup
+        return []
+
+
+def worker_class():
+    """``rq.Worker`` whose started-job entries expire ``abandoned_after`` seconds after a missed heartbeat."""
+    from rq import Worker
+
+    class GnomonWorker(Worker):
+        abandoned_after = 60
+
+        def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+            return int(self.job_monitoring_interval + self.abandoned_after)
+
+    return GnomonWorker
+
+
+def start_worker(
+    redis: str | None,
+    queues: list[str],
+    plugins_url: str | None,
+    *,
+    cache: str | None = None,
+    endpoint: str | None = None,
+    burst: bool = False,
+    name: str | None = None,
+    heartbeat: int = 10,
+    abandoned_after: int = 60,
+    maintenance_interval: int = 60,
+    preload: bool = True,
+    log_level: str = "INFO",
+    echo=print,
+) -> None:
+    """Run an RQ worker on ``queues`` until stopped (or until the queues are empty with ``burst``)."""
+    from .jobs import connect, redact, redis_url, serializer
+    from .jobs import queue as make_queue
+
+    if plugins_url:
+        os.environ[ENV_PLUGINS] = plugins_url
+        if cache:
+            os.environ[ENV_CACHE] = str(cache)
+        if endpoint:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+        from .pull import pull
+
+        report = pull(plugins_url, cache or None)
+        echo(f"plugins: {plugins_url} manifest {report.manifest_id} "
+             f"({len(report.fetched)} fetched, {len(report.reused)} cached)")
+    else:
+        echo("plugins: none given (--plugins); jobs use the plugins installed in this environment")
+    if preload:  # imported once here, so each forked work horse starts warm
+        from ..tracking import quiet_mlflow
+
+        quiet_mlflow()
+        import mlflow  # noqa: F401
+
+        from .. import engine  # noqa: F401
+    url = redis_url(redis)
+    connection = connect(url)
+    cls = worker_class()
+    cls.abandoned_after = abandoned_after
+    worker = cls([make_queue(connection, q) for q in queues], connection=connection, serializer=serializer(),
+                 name=name, job_monitoring_interval=heartbeat, maintenance_interval=maintenance_interval)
+    echo(f"worker {worker.name}: redis {redact(url)}, queues {', '.join(queues)}, "
+         f"tracking {os.environ.get('MLFLOW_TRACKING_URI') or 'embedded store'}")
+    try:
+        worker.work(burst=burst, logging_level=log_level, with_scheduler=True)
+    except Exception as exc:  # redis vanished and similar
+        raise RemoteError(f"worker stopped: {type(exc).__name__}: {exc}") from None
