@@ -268,7 +268,7 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
         key = _source_key(source)
         if key is not None and key == marker.get("source_key"):
             return PrepareResult(dest, False, marker["hashes"], marker.get("counts", {}), marker.get("source", ""))
-    elif dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if marker is None and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DatasetError(f"refusing to write MNIST into '{dest}': it exists and is not a folder prepared by "
                            "'gnomon data mnist' (no .gnomon-mnist.json); remove it or choose another --dest")
 
