@@ -43,7 +43,7 @@ class UseSchema(TaskSchema):
 def use(ctx, source_run, model, factor, seed):
     CALLS.append(("wf_use", {"source_run": source_run, "model": model}))
     ctx.log_metric("factor", factor)
-    return {"echo": f"{model}@{source_run}"}
+    return {"echo": model}
 
 
 class FailSchema(TaskSchema):

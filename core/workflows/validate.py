@@ -17,8 +17,8 @@ from ..errors import GnomonError, ParamValidationError, UnknownNameError
 from .refs import Ref, RefSyntaxError, find_refs, step_dependencies, substitute
 from .spec import Workflow
 
-#: Stand-in for a run id while validating (32 hex digits, like an MLflow run id).
-RUN_ID_PLACEHOLDER = "0" * 32
+#: Stand-in for a run id while validating (32 hex digits like an MLflow run id, not a number).
+RUN_ID_PLACEHOLDER = "deadbeef" * 4
 
 
 @dataclass(frozen=True)
