@@ -258,3 +258,65 @@ def s3_env(s3_server, monkeypatch) -> SeaweedS3:
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(key, raising=False)
     return s3_server
+
+
+# -- a small plugin distribution for the remote tests --------------------------------------
+DEMO_PLUGIN = '''"""A tiny gnomon plugin used by the remote tests (not installed anywhere)."""
+from marshmallow import fields, validate
+
+from gnomon.core.fields import Bool
+from gnomon.core.hookspecs import hookimpl
+from gnomon.core.schemas import TaskSchema
+from gnomon.core.tasks import Task
+
+GNOMON_HOOK_API = "1"
+MARKER = "{marker}"
+
+
+class DemoSchema(TaskSchema):
+    n = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000),
+                       metadata={{"description": "how many numbers to draw"}})
+    sleep_s = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=60),
+                           metadata={{"description": "seconds to sleep (to test killed workers)"}})
+    fail = Bool(load_default=False, metadata={{"description": "raise an error instead of finishing"}})
+
+
+def remote_demo(ctx, n, sleep_s, fail, seed):
+    import time
+
+    ctx.output("marker", MARKER)
+    if sleep_s:
+        time.sleep(sleep_s)
+    if fail:
+        raise ValueError("remote_demo failed on purpose (fail=true)")
+    draws = ctx.rng.integers(0, 100, size=n)
+    ctx.log_metrics({{"n": n, "mean": float(draws.mean())}})
+    ctx.log_json({{"draws": draws.tolist(), "marker": MARKER}}, "demo/draws.json")
+    return {{"total": int(draws.sum())}}
+
+
+@hookimpl
+def register_tasks(register):
+    register(Task(name="remote_demo", summary="Draw seeded numbers (remote tests).", schema=DemoSchema,
+                  fn=remote_demo, category="utility"))
+'''
+
+
+def write_demo_plugin(root: Path, marker: str = "v1", version: str = "0.1.0") -> Path:
+    """A plugin distribution ``gnomon_remote_demo`` under ``root`` (put ``root`` on PYTHONPATH to "install" it).
+
+    It has a real ``.dist-info`` with an entry point in the ``gnomon`` group, so gnomon finds it
+    exactly like a pip-installed plugin when ``root`` is on ``sys.path``.
+    """
+    pkg = root / "gnomon_remote_demo"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text('"""Demo plugin package."""\n')
+    (pkg / "plugin.py").write_text(DEMO_PLUGIN.format(marker=marker))
+    (pkg / "__pycache__").mkdir(exist_ok=True)
+    (pkg / "__pycache__" / "junk.pyc").write_bytes(b"not part of a bundle")
+    info = root / f"gnomon_remote_demo-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: gnomon-remote-demo\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("[gnomon]\nremote_demo = gnomon_remote_demo.plugin\n")
+    (info / "top_level.txt").write_text("gnomon_remote_demo\n")
+    return root

@@ -74,7 +74,7 @@ def sync(
     state_text = ("written" if report.manifest_written else
                   "unchanged" if not dry_run or not report.uploaded else "not written (dry run)")
     out.print(f"{verb} {len(report.uploaded)}, skipped {len(report.skipped)}, {report.bytes_uploaded:,} bytes; "
-              f"manifest {report.manifest_id} {state_text} ({report.seconds:.2f} s)")
+              f"manifest {report.manifest_id} {state_text} ({report.seconds:.2f} s)", soft_wrap=True)
 
 
 @plugins_app.command("pull")
@@ -97,8 +97,8 @@ def pull_cmd(
     out = console()
     out.print(f"manifest {report.manifest_id}: fetched {len(report.fetched)} ({report.bytes_fetched:,} bytes), "
               f"cached {len(report.reused)}; active set {'switched' if report.changed else 'unchanged'} "
-              f"({report.seconds:.2f} s)")
-    out.print(f"use it with: export GNOMON_PLUGIN_PATH={active_dir(cache_dir)}")
+              f"({report.seconds:.2f} s)", soft_wrap=True)
+    typer.echo(f"use it with: export GNOMON_PLUGIN_PATH={active_dir(cache_dir)}")
 
 
 @handle_errors

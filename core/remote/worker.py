@@ -172,7 +172,8 @@ def start_worker(
     cls = worker_class()
     cls.abandoned_after = abandoned_after
     worker = cls([make_queue(connection, q) for q in queues], connection=connection, serializer=serializer(),
-                 name=name, job_monitoring_interval=heartbeat, maintenance_interval=maintenance_interval)
+                 name=name, job_monitoring_interval=heartbeat, maintenance_interval=maintenance_interval,
+                 worker_ttl=maintenance_interval + 15)  # an idle worker wakes up for maintenance
     echo(f"worker {worker.name}: redis {redact(url)}, queues {', '.join(queues)}, "
          f"tracking {os.environ.get('MLFLOW_TRACKING_URI') or 'embedded store'}")
     try:
