@@ -170,12 +170,14 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
         def __init__(self):
             super().__init__()
             self._epoch = 0
+            self.steps = 0
             self.epochs_logged: list[int] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
             advance(1)
             if self._epoch >= n_epochs - 1 and batch + 1 >= last_steps:
                 self.model.stop_training = True

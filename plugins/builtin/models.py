@@ -110,20 +110,23 @@ def adapt_input(input_shape, minimum: int, *, channels: int = 3):
 
 
 def _application(app_name: str, input_shape, n_classes: int):
+    """keras.applications model built on the adapted input, so its layers are the model's own (flat)."""
     import keras
 
     inputs, x = adapt_input(input_shape, MIN_SIZE[app_name])
     app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[app_name]
-    base = app(include_top=True, weights=None, input_shape=tuple(int(v) for v in x.shape[1:]),
-               classes=int(n_classes), classifier_activation="softmax", name=app_name)
-    return keras.Model(inputs, base(x), name=app_name)
+    model = app(include_top=True, weights=None, input_tensor=x, input_shape=tuple(int(v) for v in x.shape[1:]),
+                classes=int(n_classes), classifier_activation="softmax", name=app_name)
+    # keras.applications makes the inputs a list; re-wrap (same layers) so a plain tensor is the input
+    return keras.Model(inputs, model.outputs[0], name=app_name)
 
 
 def resnet50(input_shape, n_classes):
     """keras.applications ResNet50 (random init) with its own n-class softmax top.
 
     Inputs smaller than 32x32 are resized to 32x32 and grayscale is replicated to RGB inside
-    the model. Layers: ``image`` input, adapters, then the whole ResNet50 as one nested layer.
+    the model. Its layers are flat (``image`` input, adapters, then ResNet50's own layers), so
+    attacks can name any of them by index.
     """
     return _application("resnet50", input_shape, n_classes)
 

@@ -207,6 +207,7 @@ def train(ctx, **p) -> dict[str, Any]:
                 values[f"{'val' if val else 'train'}_{key[4:] if val else key}"] = series[epoch]
             ctx.log_metrics(values, step=epoch + 1)
         epochs_done = len(next(iter(history.values()), []))
+        ctx.log_metric("train_steps", M.total_steps(p["epochs"], steps_per_epoch))
     else:
         callbacks = []
         monitor = "val_loss" if validation is not None else "loss"
@@ -221,6 +222,7 @@ def train(ctx, **p) -> dict[str, Any]:
             model.fit(x, y, batch_size=batch_size, epochs=M.epochs_to_run(p["epochs"]), validation_data=validation,
                       shuffle=True, callbacks=callbacks, verbose=0)
         epochs_done = len(progress_cb.epochs_logged)
+        ctx.log_metric("train_steps", progress_cb.steps)
         if stopper is not None and stopper.stopped_epoch > 0:
             ctx.info(f"early stopping after epoch {stopper.stopped_epoch + 1}; best epoch {stopper.best_epoch + 1}")
     training_time = time.perf_counter() - started
