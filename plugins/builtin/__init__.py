@@ -28,13 +28,18 @@ PARTS = (
 )
 
 
-def _parts():
-    for name in PARTS:
+#: Parts that add CLI commands; only these are imported to build the command line, so that
+#: ``gnomon --help`` does not pay for importing every task module.
+COMMAND_PARTS = ("commands",)
+
+
+def _parts(names=PARTS):
+    for name in names:
         yield importlib.import_module(f"{__name__}.{name}")
 
 
 def _fan_out(hook: str, **kwargs) -> None:
-    for part in _parts():
+    for part in _parts(COMMAND_PARTS if hook == "register_commands" else PARTS):
         fn = getattr(part, hook, None)
         if fn is not None:
             fn(**kwargs)
