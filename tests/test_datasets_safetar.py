@@ -6,7 +6,6 @@ import io
 import tarfile
 
 import pytest
-
 from gnomon.core.datasets import DatasetError, UnsafeArchiveError, safe_extract
 
 

@@ -41,7 +41,13 @@ _EXPORTS = {
     "MnistSourceError": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ChecksumError", "DatasetError", "ImageDataset", "MnistSourceError", "UnsafeArchiveError", "cache_dir",
+    "check_dataset_source", "clear_cache", "default_mnist_dest", "load_image_folder", "mnist_dir", "prepare_mnist",
+    "quantize", "read_dataset_artifact", "resolve_dataset", "safe_extract", "scan_folder", "to_float", "to_uint8",
+    "train_validation_split", "write_dataset_artifact", "write_image_folder",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,9 @@ _DIGITS = re.compile(r"(\d+)")
 
 def natural_key(name: str) -> tuple:
     """Sort key where ``"2.png" < "10.png"``."""
+    stem, dot, ext = name.partition(".")
+    if stem.isdigit() and ext.isalpha():  # "123.png": fast path, same result as the general one
+        return ("", int(stem), dot + ext)
     return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
 
 
@@ -34,13 +37,57 @@ def worker_count(n_items: int, per_worker_min: int = 2000) -> int:
     return max(1, min(cpus, n_items // per_worker_min))
 
 
+_THREADED_RUNTIMES = ("tensorflow", "torch", "jax")
+
+
 def process_pool(workers: int):
-    """A process pool that is safe after TensorFlow has started threads (forkserver, not fork)."""
+    """A process pool for CPU-bound decoding/encoding.
+
+    ``fork`` (fast, no re-import of ``__main__``) while no multi-threaded ML runtime is loaded;
+    ``forkserver`` once TensorFlow/torch/jax are imported (forking their thread pools is unsafe).
+    """
     import multiprocessing
+    import sys
     from concurrent.futures import ProcessPoolExecutor
 
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and not any(name in sys.modules for name in _THREADED_RUNTIMES):
+        method = "fork"
+    else:
+        method = "forkserver" if "forkserver" in methods else "spawn"
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def run_chunks(fn, chunks: list[tuple], workers: int, advance, sizes: list[int]) -> list:
+    """``[fn(*args) for args in chunks]``, in ``workers`` processes when > 1, calling ``advance(size)``
+    as each finishes (in order). A pool that cannot start (e.g. ``__main__`` not importable by
+    forkserver) falls back to running in this process.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    if workers > 1 and len(chunks) > 1:
+        results = []
+        try:
+            with process_pool(workers) as pool:
+                futures = [pool.submit(fn, *args) for args in chunks]
+                for future, size in zip(futures, sizes, strict=True):
+                    results.append(future.result())
+                    advance(size)
+            return results
+        except BrokenProcessPool:
+            import warnings
+
+            warnings.warn("worker processes could not start; continuing in this process", RuntimeWarning, stacklevel=3)
+            done = len(results)
+            for args, size in zip(chunks[done:], sizes[done:], strict=True):
+                results.append(fn(*args))
+                advance(size)
+            return results
+    results = []
+    for args, size in zip(chunks, sizes, strict=True):
+        results.append(fn(*args))
+        advance(size)
+    return results
 
 
 ProgressFactory = Callable[..., Any]
@@ -50,7 +97,14 @@ ProgressFactory = Callable[..., Any]
 def rich_progress(description: str, total: float | None = None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr yielding ``advance(n=1)``; same protocol as ``RunContext.progress``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

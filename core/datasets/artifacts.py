@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._util import process_pool, resolve_progress, worker_count
+from ._util import resolve_progress, run_chunks, worker_count
 from .dataset import ImageDataset, to_float, to_uint8
 from .errors import DatasetError
 from .folder import MANIFEST, load_image_folder
@@ -67,7 +67,7 @@ def artifact_file_names(dataset: ImageDataset) -> list[str]:
 def _write_png_chunk(root: str, names: list[str], images: np.ndarray) -> int:
     from PIL import Image
 
-    for name, img in zip(names, images):
+    for name, img in zip(names, images, strict=True):
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(root, name))
     return len(names)
 
@@ -86,7 +86,7 @@ def write_image_folder(dataset: ImageDataset, folder: Path, *, progress: Any = N
     mask = dataset.poisoned_mask()
     meta.pop("poisoned_indices", None)
     if mask.any() or "poisoned_files" in meta:
-        meta["poisoned_files"] = [n for n, m in zip(names, mask) if m]
+        meta["poisoned_files"] = [n for n, m in zip(names, mask, strict=True) if m]
     if meta.get("target_class") is not None:
         meta["target_class"] = int(meta["target_class"])
     meta = _jsonable(meta)
@@ -96,16 +96,10 @@ def write_image_folder(dataset: ImageDataset, folder: Path, *, progress: Any = N
     n = len(names)
     workers = worker_count(n, per_worker_min=5000)
     step = 2000
+    starts = list(range(0, n, step))
     with resolve_progress(progress)(f"writing {folder.name}", total=n) as advance:
-        if workers <= 1:
-            for s in range(0, n, step):
-                advance(_write_png_chunk(str(folder), names[s:s + step], u8[s:s + step]))
-        else:
-            with process_pool(workers) as pool:
-                futures = [pool.submit(_write_png_chunk, str(folder), names[s:s + step], u8[s:s + step])
-                           for s in range(0, n, step)]
-                for future in futures:
-                    advance(future.result())
+        run_chunks(_write_png_chunk, [(str(folder), names[s:s + step], u8[s:s + step]) for s in starts],
+                   workers, advance, [min(step, n - s) for s in starts])
     manifest = dict(meta)
     manifest.update({"gnomon_dataset_format": FORMAT_VERSION, "pixel_format": "png-8bit",
                      "class_names": list(dataset.class_names), "n_images": n,

@@ -13,13 +13,8 @@ _INV = np.float32(255.0)
 
 def to_float(images_u8: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 in [0, 1] (``v / 255``), the one conversion every reader uses."""
-    images_u8 = np.asarray(images_u8)
-    out = np.empty(images_u8.shape, dtype=np.float32)
-    # chunked so the conversion never holds a second full-size temporary
-    flat_in, flat_out = images_u8.reshape(-1), out.reshape(-1)
-    step = 1 << 22
-    for start in range(0, flat_in.size, step):
-        np.divide(flat_in[start:start + step], _INV, out=flat_out[start:start + step], dtype=np.float32)
+    out = np.asarray(images_u8).astype(np.float32)
+    np.divide(out, _INV, out=out)  # in place: one allocation, exact IEEE division
     return out
 
 
@@ -116,14 +111,14 @@ class ImageDataset:
         return mask
 
     # -- derived datasets ---------------------------------------------------
-    def replace(self, **changes: Any) -> "ImageDataset":
+    def replace(self, **changes: Any) -> ImageDataset:
         """A copy with some attributes changed (metadata deep-copied unless given)."""
         values = {"x": self.x, "y": self.y, "class_names": list(self.class_names),
                   "metadata": copy.deepcopy(self.metadata), "files": None if self.files is None else list(self.files)}
         values.update(changes)
         return ImageDataset(**values)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         """The samples at ``indices`` (an int array or bool mask), keeping poisoned marks consistent."""
         idx = np.asarray(indices)
         if idx.dtype == bool:
@@ -135,16 +130,16 @@ class ImageDataset:
         if "poisoned_indices" in metadata or "poisoned_files" in metadata:
             metadata["poisoned_indices"] = np.flatnonzero(mask).tolist()
             if files is not None:
-                metadata["poisoned_files"] = [f for f, m in zip(files, mask) if m]
+                metadata["poisoned_files"] = [f for f, m in zip(files, mask, strict=True) if m]
             else:
                 metadata.pop("poisoned_files", None)
         return ImageDataset(self.x[idx], self.y[idx], list(self.class_names), metadata, files)
 
-    def split(self, validation_fraction: float, seed: int = 0) -> tuple["ImageDataset", "ImageDataset"]:
+    def split(self, validation_fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
         """See :func:`train_validation_split`."""
         return train_validation_split(self, validation_fraction, seed=seed)
 
-    def quantized(self) -> "ImageDataset":
+    def quantized(self) -> ImageDataset:
         """This dataset with ``x`` rounded to 8 bits, as its artifact would hold it."""
         return self.replace(x=quantize(self.x))
 

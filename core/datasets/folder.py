@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._util import IMAGE_SUFFIXES, natural_key, process_pool, resolve_progress, worker_count
+from ._util import IMAGE_SUFFIXES, natural_key, resolve_progress, run_chunks, worker_count
 from .dataset import ImageDataset, to_float
 from .errors import DatasetError
 
@@ -77,6 +77,19 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
+def _list_class(root: Path, label: int, cls: str) -> dict[str, tuple[int, int, int]]:
+    """``{"<cls>/<name>": (label, size, mtime_ns)}`` for the images in ``root/cls``."""
+    out = {}
+    with os.scandir(root / cls) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or not entry.is_file():
+                continue
+            st = entry.stat()
+            out[f"{cls}/{name}"] = (label, st.st_size, st.st_mtime_ns)
+    return out
+
+
 def scan_folder(path: str | Path) -> FolderScan:
     """List the class folders and images of ``path`` (sizes and mtimes included, nothing decoded)."""
     root = Path(path).expanduser()
@@ -95,24 +108,28 @@ def scan_folder(path: str | Path) -> FolderScan:
     if not class_names:
         raise DatasetError(f"dataset folder '{root}' has no class subfolders (expected <folder>/<class>/<image files>)")
     found: dict[str, tuple[int, int, int]] = {}
-    for label, cls in enumerate(class_names):
-        folder = root / cls
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            name = entry.name
-            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or not entry.is_file():
-                continue
-            st = entry.stat()
-            found[f"{cls}/{name}"] = (label, st.st_size, st.st_mtime_ns)
+    existing = [(label, cls) for label, cls in enumerate(class_names) if (root / cls).is_dir()]
+    if len(existing) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # stat() releases the GIL: list the class folders concurrently
+        with ThreadPoolExecutor(max_workers=min(8, len(existing))) as pool:
+            listings = list(pool.map(lambda item: _list_class(root, *item), existing))
+    else:
+        listings = [_list_class(root, *item) for item in existing]
+    for listing in listings:
+        found.update(listing)
     if not found:
         raise DatasetError(f"dataset folder '{root}' has class folders ({', '.join(folders[:5])}"
                            f"{', ...' if len(folders) > 5 else ''}) but no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
     listed = manifest.get("files")
     if isinstance(listed, list) and len(listed) == len(found) and set(listed) == found.keys():
         files = [str(f) for f in listed]
-    else:
-        files = sorted(found, key=lambda f: (found[f][0], natural_key(f.split("/", 1)[1])))
+    else:  # by class, then natural name order (each class listing sorted on its own: cheaper)
+        files = []
+        for (_, cls), listing in zip(existing, listings, strict=True):
+            cut = len(cls) + 1
+            files.extend(sorted(listing, key=lambda f: natural_key(f[cut:])))
     labels = np.fromiter((found[f][0] for f in files), dtype=np.int64, count=len(files))
     stats = [found[f][1:] for f in files]
     return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat)
@@ -165,7 +182,7 @@ def stack_images(arrays: list[np.ndarray], files: list[str]) -> np.ndarray:
     if not arrays:
         return np.zeros((0, 1, 1, 1), dtype=np.uint8)
     first = arrays[0].shape[:2]
-    for arr, rel in zip(arrays, files):
+    for arr, rel in zip(arrays, files, strict=True):
         if arr.shape[:2] != first:
             raise DatasetError(f"images differ in size: '{files[0]}' is {first[0]}x{first[1]} but '{rel}' is "
                                f"{arr.shape[0]}x{arr.shape[1]}; pass image_size=(height, width) to resize them")
@@ -194,23 +211,12 @@ def decode_files(root: Path, files: list[str], image_size: tuple[int, int] | Non
     progress_factory = resolve_progress(progress)
     n = len(files)
     workers = worker_count(n) if workers is None else max(1, int(workers))
+    size = 1000 if workers <= 1 else max(500, -(-n // (workers * 8)))
+    parts = [files[i:i + size] for i in range(0, n, size)]
     with progress_factory(f"decoding {root.name}", total=n) as advance:
-        if workers <= 1:
-            chunks = []
-            for start in range(0, n, 1000):
-                part = files[start:start + 1000]
-                chunks.append(decode_chunk(str(root), part, image_size, color_mode))
-                advance(len(part))
-            return _merge_chunks(chunks, files)
-        size = max(500, -(-n // (workers * 8)))
-        parts = [files[i:i + size] for i in range(0, n, size)]
-        with process_pool(workers) as pool:
-            futures = [pool.submit(decode_chunk, str(root), part, image_size, color_mode) for part in parts]
-            chunks = []
-            for future, part in zip(futures, parts):
-                chunks.append(future.result())
-                advance(len(part))
-        return _merge_chunks(chunks, files)
+        chunks = run_chunks(decode_chunk, [(str(root), part, image_size, color_mode) for part in parts],
+                            workers, advance, [len(p) for p in parts])
+    return _merge_chunks(chunks, files)
 
 
 # -- cache ------------------------------------------------------------------
@@ -228,7 +234,8 @@ def cache_key(scan: FolderScan, image_size: tuple[int, int] | None, color_mode: 
     h = hashlib.sha256()
     h.update(json.dumps([_CACHE_VERSION, str(scan.root.resolve()), image_size, color_mode,
                          scan.manifest_stat, scan.class_names]).encode())
-    h.update("\n".join(f"{f}\0{s}\0{m}" for f, (s, m) in zip(scan.files, scan.stats)).encode())
+    h.update("\n".join(scan.files).encode())
+    h.update(np.asarray(scan.stats, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import idx
-from ._util import process_pool, resolve_progress, worker_count
+from ._util import resolve_progress, run_chunks, worker_count
 from .errors import DatasetError, MnistSourceError
 
 MARKER = ".gnomon-mnist.json"
@@ -205,7 +205,7 @@ def load_source(source: str | None, workdir: Path, progress_factory) -> tuple[di
 def _write_pngs(folder: str, start: int, images: np.ndarray, labels: np.ndarray) -> int:
     from PIL import Image
 
-    for offset, (img, label) in enumerate(zip(images, labels)):
+    for offset, (img, label) in enumerate(zip(images, labels, strict=True)):
         Image.fromarray(img, mode=None).save(os.path.join(folder, str(int(label)), f"{start + offset}.png"))
     return len(images)
 
@@ -219,16 +219,10 @@ def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, progress_f
     n = len(images)
     workers = worker_count(n, per_worker_min=5000)
     step = 2000
+    starts = list(range(0, n, step))
     with progress_factory(description, total=n) as advance:
-        if workers <= 1:
-            for s in range(0, n, step):
-                advance(_write_pngs(str(folder), s, images[s:s + step], labels[s:s + step]))
-            return
-        with process_pool(workers) as pool:
-            futures = [pool.submit(_write_pngs, str(folder), s, images[s:s + step], labels[s:s + step])
-                       for s in range(0, n, step)]
-            for future in futures:
-                advance(future.result())
+        run_chunks(_write_pngs, [(str(folder), s, images[s:s + step], labels[s:s + step]) for s in starts],
+                   workers, advance, [min(step, n - s) for s in starts])
 
 
 def _remove_stale_partials(dest: Path) -> None:

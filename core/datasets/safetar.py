@@ -26,7 +26,7 @@ def check_members(tar: tarfile.TarFile, label: str = "archive") -> list[tarfile.
     links: set[str] = set()
     for m in members:
         name = m.name
-        def refuse(why: str) -> UnsafeArchiveError:
+        def refuse(why: str, name: str = name) -> UnsafeArchiveError:
             return UnsafeArchiveError(f"refusing to extract {label}: member '{name}' {why}; nothing was extracted")
         if "\x00" in name or not name.strip():
             raise refuse("has an empty or invalid name")

@@ -5,7 +5,6 @@ the decoded-dataset cache. Only typer is imported here; the work happens inside 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,8 +18,8 @@ def _data_app() -> typer.Typer:
     @data_app.command("mnist")
     @handle_errors
     def mnist(
-        dest: Optional[Path] = typer.Option(None, "--dest", help="Output folder. Default: $GNOMON_HOME/data/mnist."),
-        source: Optional[str] = typer.Option(
+        dest: Path | None = typer.Option(None, "--dest", help="Output folder. Default: $GNOMON_HOME/data/mnist."),
+        source: str | None = typer.Option(
             None, "--source", envvar="GNOMON_MNIST_SOURCE",
             help="Folder of the four MNIST IDX files (.gz or not) or a URL prefix. Default: GNOMON_MNIST_SOURCE, "
                  "else the public mirrors."),

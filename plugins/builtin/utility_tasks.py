@@ -13,7 +13,6 @@ class DatasetSummarySchema(TaskSchema, DatasetSource("dataset_run_id", default_s
 def dataset_summary(ctx, seed: int, **params) -> dict:
     """Count images per class, record image size, pixel statistics and the dataset's provenance."""
     import numpy as np
-
     from gnomon.core.datasets import resolve_dataset
 
     dataset = resolve_dataset(ctx, params, run_id_field="dataset_run_id")
@@ -26,7 +25,7 @@ def dataset_summary(ctx, seed: int, **params) -> dict:
                      "pixel_std": std, "n_poisoned": poisoned})
     summary = {
         "classes": dataset.class_names,
-        "counts": {c: int(n) for c, n in zip(dataset.class_names, counts)},
+        "counts": {c: int(n) for c, n in zip(dataset.class_names, counts, strict=True)},
         "image_shape": list(dataset.image_shape),
         "n_poisoned": poisoned,
         "metadata": {k: v for k, v in dataset.metadata.items() if k != "poisoned_files"},
