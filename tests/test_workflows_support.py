@@ -30,7 +30,8 @@ def emit(ctx, value, label, epochs, seed):
     """Logs a per-epoch 'loss' curve and returns outputs like a training task."""
     CALLS.append(("wf_emit", {"value": value, "label": label}))
     for epoch in range(epochs):
-        ctx.log_metrics({"loss": value / (epoch + 1), "accuracy": 1 - 1 / (epoch + 2)}, step=epoch)
+        ctx.log_metrics({"train_loss": value / (epoch + 1), "val_loss": value / (epoch + 1.5),
+                         "train_accuracy": 1 - 1 / (epoch + 2)}, step=epoch + 1)
     return {"model_name": f"model_{label}", "model_version": value}
 
 

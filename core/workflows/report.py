@@ -77,14 +77,18 @@ def table_rows(rows: list[ResultRow]) -> list[list[str]]:
             for r in rows]
 
 
-TABLE_COLUMNS = ["model", "defense", "clean accuracy", "accuracy on triggered", "attack success rate"]
+TABLE_COLUMNS = ["model", "defense", "clean acc.", "triggered acc.", "ASR"]
+TABLE_NOTE = ("clean acc.: accuracy on the clean test set (defended, if a defense is named); triggered acc.: "
+              "accuracy on the triggered test set against the true labels; ASR (attack success rate): among "
+              "triggered images whose true class is not the target, the fraction classified as the target.")
 
 
 def results_table(data: ReportData):
     """A rich Table of the results (one row per model and defense)."""
     from rich.table import Table
 
-    table = Table(title=f"workflow {data.workflow}: run {data.run_id} {data.status}", header_style="bold")
+    table = Table(title=f"workflow {data.workflow}: run {data.run_id} {data.status}", header_style="bold",
+                  caption="ASR = attack success rate")
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("model", "defense") else "right")
     previous = None
@@ -124,9 +128,7 @@ def render_html(data: ReportData, pictures: dict[str, bytes | None]) -> str:
             out.append("<tr>" + "".join(f"<td>{e(v)}</td>" if i < 2 else f"<td class='num'>{e(v)}</td>"
                                         for i, v in enumerate(row)) + "</tr>")
         out.append("</table>")
-        out.append("<p class='dim'>Clean accuracy: accuracy on the clean test set (after the defense, if any). "
-                   "Attack success rate: among triggered test images whose true class is not the target, the "
-                   "fraction classified as the target.</p>")
+        out.append(f"<p class='dim'>{e(TABLE_NOTE)}</p>")
     else:
         out.append("<p>No evaluation step carries report labels (model, data, defense).</p>")
     for name, title in (("results.png", "Attack success and clean accuracy per defense"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GnomonError
+from .cache import outputs_from_tags
 
 DEFAULT_ACCURACY_METRIC = "accuracy"
 DEFAULT_ASR_METRIC = "attack_success_rate"
@@ -37,6 +38,7 @@ class StepRecord:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
 
 
@@ -96,6 +98,7 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
             record.status = child.info.status
             record.params = dict(child.data.params)
             record.metrics = dict(child.data.metrics)
+            record.outputs = outputs_from_tags(child.data.tags)
             record.duration_s = child.data.metrics.get("gnomon_wall_time_s")
         steps.append(record)
     experiment = client.get_experiment(parent.info.experiment_id)
@@ -142,19 +145,22 @@ def result_rows(steps: list[StepRecord], accuracy_metric: str, asr_metric: str) 
         else:
             row.triggered_accuracy = accuracy
             row.attack_success_rate = step.metrics.get(asr_metric)
-    return list(rows.values())
+    models = list(dict.fromkeys(model for model, _ in rows))
+    defenses = list(dict.fromkeys(defense for _, defense in rows))
+    order = sorted(rows, key=lambda k: (models.index(k[0]), k[1] != NO_DEFENSE, defenses.index(k[1])))
+    return [rows[k] for k in order]
 
 
 def training_curves(client, steps: list[StepRecord]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Per-epoch metrics (any metric logged at two or more steps) of every step's run."""
+    """Per-epoch metrics (logged with a step >= 1, or at two or more steps) of every non-evaluation step."""
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for step in steps:
         if not step.run_id or step.labels.get("data"):
             continue
         for key in sorted(step.metrics):
             history = client.get_metric_history(step.run_id, key)
-            if len(history) < 2:
-                continue
+            if len(history) < 2 and not (history and history[0].step >= 1):
+                continue  # a single value logged without an epoch step is not a curve
             points = sorted((m.step, m.value) for m in history)
             curves.setdefault(key, {})[step.name] = points
     return curves
@@ -184,6 +190,10 @@ def _dataset_source(engine, step: StepRecord) -> _Source | None:
     label = step.labels.get("data", "")
     defense = step.labels.get("defense", NO_DEFENSE)
     label = label if defense == NO_DEFENSE else f"{label} + {defense}"
+    out = step.outputs
+    if out.get("dataset_run_id") == step.run_id and out.get("dataset_tar_name") and out.get("dataset_name"):
+        # the step wrote the data it evaluated (a defense task): show what it wrote
+        return _Source(label, step.run_id, str(out["dataset_tar_name"]), str(out["dataset_name"]), None)
     if str(p.get("load_dataset_from_mlruns", "")).lower() in {"true", "1", "yes"} and p.get(run_field):
         return _Source(label, p[run_field], p.get("dataset_tar_name"), p.get("dataset_name"), None)
     data_dir = p.get(dir_field)

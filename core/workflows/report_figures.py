@@ -89,31 +89,52 @@ def example_grid(rows: list[tuple[str, list[Any]]], captions: list[str]) -> byte
     return _png(fig)
 
 
+def _split_metric(key: str) -> tuple[str, str]:
+    for prefix in ("train_", "val_", "validation_"):
+        if key.startswith(prefix):
+            return key[len(prefix):], prefix.rstrip("_")
+    return key, ""
+
+
 def curves_chart(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes | None:
-    """One panel per metric (loss, accuracy, ...), one line per training step."""
+    """One panel per quantity (loss, accuracy, ...); a line per training step and split (train / val)."""
     if not curves:
         return None
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    preferred = ["loss", "accuracy", "val_loss", "val_accuracy"]
-    keys = [k for k in preferred if k in curves] + sorted(k for k in curves if k not in preferred)
-    keys = keys[:6]
+    panels: dict[str, list[tuple[str, list[tuple[int, float]]]]] = {}
+    for key in sorted(curves):
+        base, split = _split_metric(key)
+        for step_name, points in curves[key].items():
+            panels.setdefault(base, []).append((f"{step_name} {split}".strip(), points))
+    steps = list(dict.fromkeys(name for per_step in curves.values() for name in per_step))
+    colors = [c["color"] for c in plt.rcParams["axes.prop_cycle"]]
+    preferred = ["loss", "accuracy"]
+    keys = [k for k in preferred if k in panels] or sorted(panels)[:4]
+    last_epoch = max(p[0] for series in panels.values() for _, points in series for p in points)
     cols = min(len(keys), 2)
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.6 * rows), squeeze=False)
     for i, key in enumerate(keys):
         ax = axes[i // cols][i % cols]
-        for step_name, points in curves[key].items():
-            xs = [p[0] + 1 for p in points]
-            ax.plot(xs, [p[1] for p in points], marker="o", markersize=3, label=step_name)
+        for label, points in sorted(panels[key]):
+            style = "--" if label.endswith(" val") else "-"
+            color = colors[steps.index(label.rsplit(" ", 1)[0] if label.endswith((" train", " val")) else label)
+                           % len(colors)]
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="s" if style == "--" else "o",
+                    markersize=4, label=label, color=color)
         ax.set_title(key)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last_epoch <= 20:
+            ax.set_xticks(range(1, int(last_epoch) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last_epoch + 0.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for j in range(len(keys), rows * cols):
         axes[j // cols][j % cols].axis("off")
-    fig.suptitle("Training curves")
+    fig.suptitle("Training curves (solid, circles: training data; dashed, squares: validation)")
     fig.tight_layout()
     return _png(fig)

@@ -46,8 +46,13 @@ class WorkflowValidationError(GnomonError):
 
 
 def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, preflight: bool = True) -> None:
-    """Raise :class:`WorkflowValidationError` listing every problem in every step, or return None."""
+    """Raise :class:`WorkflowValidationError` listing every problem in every step, or return None.
+
+    First every step's parameters are checked against its schema (fast); only if all pass do
+    the tasks' ``check`` functions run (with ``preflight``) for steps that use no earlier step.
+    """
     problems: list[Problem] = []
+    checks: list[tuple[Any, Any, dict[str, Any]]] = []
     names = workflow.step_names
     for step in workflow.steps:
         def problem(field: str, message: str, step=step) -> None:
@@ -92,14 +97,20 @@ def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, 
                 for message in messages:
                     problem(f"param '{field}'", message)
             continue
-        if preflight and not step_ref_fields and task.check is not None:
-            try:
-                found = task.check(engine, values) or {}
-            except GnomonError as exc:
-                found = {"(check)": str(exc)}
-            for field, message in found.items():
-                for text in (message if isinstance(message, (list, tuple)) else [message]):
-                    problem(f"param '{field}'", str(text))
+        if not step_ref_fields and task.check is not None:
+            checks.append((step, task, values))
+    if problems:  # schema problems are reported at once, before any (slower) check runs
+        raise WorkflowValidationError(workflow.name, problems)
+    if not preflight:
+        return
+    for step, task, values in checks:
+        try:
+            found = task.check(engine, values) or {}
+        except GnomonError as exc:
+            found = {"(check)": str(exc)}
+        for field, message in found.items():
+            for text in (message if isinstance(message, (list, tuple)) else [message]):
+                problems.append(Problem(step.name, step.index, step.task, f"param '{field}'", str(text)))
     if problems:
         raise WorkflowValidationError(workflow.name, problems)
 
