@@ -200,6 +200,7 @@ def _poisoned_metadata(dataset: Any, indices, **updates: Any) -> dict[str, Any]:
         meta.pop(key, None)
     meta.update(updates)
     meta["poisoned_indices"] = [int(i) for i in indices]
+    meta["poisoned_files"] = []  # filled from poisoned_indices when written; present even when empty
     return meta
 
 
