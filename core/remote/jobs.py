@@ -74,6 +74,7 @@ def submit(connection, task: str, params: dict[str, Any], *, queue_name: str = D
         retry=Retry(max=retries, interval=retry_interval) if retries > 0 else None,
         description=f"gnomon {task}",
         on_failure=Callback("gnomon.core.remote.worker.on_job_failure"),
+        on_stopped=Callback("gnomon.core.remote.worker.on_job_stopped"),
         meta=meta,
     )
 
@@ -116,7 +117,7 @@ def describe(job) -> dict[str, Any]:
         "submitted_manifest": meta.get("manifest"), "worker": job.worker_name or meta.get("worker"),
         "run_id": meta.get("run_id"), "experiment": meta.get("experiment"),
         "enqueued_at": _iso(job.enqueued_at), "started_at": _iso(job.started_at), "ended_at": _iso(job.ended_at),
-        "retries_left": job.retries_left, "error": None, "result": None,
+        "attempts": meta.get("attempts", 0), "error": None, "result": None,
     }
     if info["status"] in {"failed", "stopped"} or meta.get("error"):
         info["error"] = error_text(job)
@@ -169,7 +170,7 @@ def wait(connection, job_id: str, timeout: float | None = None, poll: float = 0.
     job = fetch(connection, job_id)
     while True:
         if status(job) in FINAL:
-            return describe(job)
+            return describe(fetch(connection, job_id))
         if deadline is not None and time.monotonic() > deadline:
             raise RemoteError(f"job '{job_id}' did not finish within {timeout:.0f} s (status: {status(job)})")
         time.sleep(poll)

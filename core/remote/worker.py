@@ -50,7 +50,8 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
     from .pull import load_synced_plugins, pull
 
     job = _current_job()
-    _save(job, function_started_at=time.time(), worker_host=socket.gethostname())
+    attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
+    _save(job, function_started_at=time.time(), worker_host=socket.gethostname(), attempts=attempts)
     url = os.environ.get(ENV_PLUGINS)
     try:
         if url:
@@ -92,8 +93,13 @@ def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
     mark_runs_failed(job.id, "worker died (AbandonedJobError)")
 
 
-def mark_runs_failed(job_id: str, reason: str) -> list[str]:
-    """Mark RUNNING MLflow runs tagged with ``gnomon.job_id=job_id`` as FAILED; returns their ids."""
+def on_job_stopped(job, connection) -> None:
+    """RQ stopped callback (``gnomon jobs cancel`` of a running job): mark its MLflow run KILLED."""
+    mark_runs_failed(job.id, "stopped by 'gnomon jobs cancel'", status="KILLED")
+
+
+def mark_runs_failed(job_id: str, reason: str, status: str = "FAILED") -> list[str]:
+    """Mark RUNNING MLflow runs tagged with ``gnomon.job_id=job_id`` as ``status``; returns their ids."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return []
     try:
@@ -108,7 +114,7 @@ def mark_runs_failed(job_id: str, reason: str) -> list[str]:
                                                              "attributes.status = 'RUNNING'")
         for run in runs:
             client.set_tag(run.info.run_id, "gnomon.error", reason)
-            client.set_terminated(run.info.run_id, status="FAILED")
+            client.set_terminated(run.info.run_id, status=status)
         return [r.info.run_id for r in runs]
     except Exception:  # never break RQ's registry cleanup
         return []
