@@ -44,6 +44,10 @@ class _DefenseSchema(TaskSchema, DatasetSource("dataset_run_id", default_tar=DEF
                      RegisteredModel, ModelArchitecture, BatchSize):
     """Parameters every defense task takes (dataset source, model, batch size, seed)."""
 
+    batch_size = PositiveInt(load_default=32, metadata={
+        "description": "Images per batch when evaluating the model; also the smallest chunk the defense "
+                       "is applied to at a time."})
+
 
 def _flag(default: bool, text: str) -> Bool:
     return Bool(load_default=default, metadata={"description": text})
