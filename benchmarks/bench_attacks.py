@@ -48,6 +48,7 @@ BARS = {
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mnist", default=str(FULL_MNIST), help=f"folder of the four MNIST IDX files (default {FULL_MNIST})")
     ap.add_argument("--sample", action="store_true", help="use the shipped 1,000/300 MNIST sample (smoke test)")
     ap.add_argument("--epochs", type=float, default=5.0, help="training epochs of every model (default 5)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     home = Path(args.home or tempfile.mkdtemp(prefix="gnomon-bench-attacks-"))
     home.mkdir(parents=True, exist_ok=True)
     os.environ["GNOMON_HOME"] = str(home)
-    os.environ["GNOMON_MNIST_SOURCE"] = str(SAMPLE_MNIST if args.sample else FULL_MNIST)
+    os.environ["GNOMON_MNIST_SOURCE"] = str(SAMPLE_MNIST if args.sample else args.mnist)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     only = {a.strip() for a in args.only.split(",") if a.strip()}
