@@ -79,3 +79,29 @@ def test_jpeg_keeps_each_value_range(mnist_sample_arrays):
     assert out_byte.max() > 200
     np.testing.assert_allclose(out_unit * 255, out_byte, atol=1e-3)  # same compression, only the scale differs
     assert np.abs(out_unit - unit).mean() > 0.005
+
+
+@pytest.mark.parametrize("name, options", [
+    ("spatial_smoothing", {"window_size": 3}),
+    ("jpeg_compression", {"quality": 40}),
+    ("jpeg_compression", {"quality": 40, "channels_first": True}),
+    ("gaussian_augmentation", {"sigma": 0.2}),
+])
+def test_chunked_application_equals_one_art_call(mnist_sample_arrays, name, options):
+    """The tasks apply preprocessors in chunks; the result is the same as one call on all images."""
+    from gnomon.core.context import RunContext
+    from gnomon.plugins.builtin.defense_tasks import apply_preprocessor
+
+    x = (mnist_sample_arrays["testing"][0][:130].astype(np.float32) / 255)[..., None]
+    factory = getattr(defenses, name)
+    channels_first = options.get("channels_first", False)
+    ctx = RunContext(task=name, run_id=None, params={}, seed=0, engine=None, show_progress=False)
+    np.random.seed(11)
+    chunked = apply_preprocessor(ctx, factory(**options), x, batch_size=16, channels_first=channels_first,
+                                 description=name)
+    np.random.seed(11)
+    whole, _ = factory(**options)(x.transpose(0, 3, 1, 2) if channels_first else x)
+    if channels_first:
+        whole = whole.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(chunked, whole)
+    assert not np.array_equal(chunked, x)
