@@ -235,3 +235,24 @@ def test_round_trip_through_remote_tracking_server(tmp_path, gnomon_engine_facto
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.mark.parametrize("suffix, channels", [(".tar", 3), (".tar.gz", 1)])
+def test_dataset_tar_round_trip_without_mlflow(tmp_path, suffix, channels, gnomon_home):
+    from gnomon.core.datasets.artifacts import load_dataset_tar, write_dataset_tar
+
+    rng = np.random.default_rng(1)
+    ds = ImageDataset(rng.random((9, 6, 5, channels), dtype=np.float32), [1, 1, 0, 2, 2, 2, 0, 1, 1],
+                      ["x", "y", "z"], {"trigger": "t", "poisoned_indices": [0, 8]},
+                      [f"c/{100 - i}.jpg" for i in range(9)])
+    written = write_dataset_tar(ds, tmp_path / f"d{suffix}", "data", progress=False)
+    assert written.files[0] == "y/100.png"
+    back = load_dataset_tar(tmp_path / f"d{suffix}", "data", progress=False)
+    np.testing.assert_array_equal(back.x, quantize(ds.x))
+    np.testing.assert_array_equal(back.y, ds.y)
+    assert back.files == written.files and back.metadata["trigger"] == "t"
+    np.testing.assert_array_equal(back.poisoned_mask(), ds.poisoned_mask())
+    resized = load_dataset_tar(tmp_path / f"d{suffix}", "data", image_size=(3, 3), color_mode="rgb", progress=False)
+    assert resized.x.shape == (9, 3, 3, 3)
+    with pytest.raises(DatasetError, match=r"has no folder 'nope' \(it holds: data\)"):
+        load_dataset_tar(tmp_path / f"d{suffix}", "nope")

@@ -90,3 +90,14 @@ def test_gzip_and_open_tarfile_and_garbage(tmp_path):
     junk.write_bytes(b"this is not a tar file" * 30)
     with pytest.raises(DatasetError, match="cannot read tar archive"):
         safe_extract(junk, tmp_path / "o3")
+
+
+def test_reading_a_dataset_tar_applies_the_same_rules(tmp_path):
+    """load_dataset_tar (used by read_dataset_artifact) refuses hostile archives before reading anything."""
+    from gnomon.core.datasets.artifacts import load_dataset_tar
+
+    path = _tar(tmp_path / "evil.tar", [GOOD, ({"name": "ds/a/2.png", "type": tarfile.SYMTYPE,
+                                                 "linkname": "../../../etc/passwd"}, None)])
+    with pytest.raises(UnsafeArchiveError, match="member 'ds/a/2.png' is a symlink pointing outside"):
+        load_dataset_tar(path, "ds")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]

@@ -22,8 +22,7 @@ import numpy as np
 from ._util import resolve_progress, run_chunks, worker_count
 from .dataset import ImageDataset, to_float, to_uint8
 from .errors import DatasetError
-from .folder import MANIFEST, load_image_folder
-from .safetar import safe_extract
+from .folder import MANIFEST
 
 FORMAT_VERSION = 1
 
@@ -64,20 +63,34 @@ def artifact_file_names(dataset: ImageDataset) -> list[str]:
     return names
 
 
-def _write_png_chunk(root: str, names: list[str], images: np.ndarray) -> int:
+def _encode_png_chunk(images: np.ndarray) -> list[bytes]:
+    """uint8 ``(k, h, w, c)`` -> PNG bytes (8-bit grayscale for c=1, RGB for c=3)."""
+    import io
+
     from PIL import Image
 
-    for name, img in zip(names, images, strict=True):
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(root, name))
-    return len(names)
+    out = []
+    for img in images:
+        buffer = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
 
 
-def write_image_folder(dataset: ImageDataset, folder: Path, *, progress: Any = None,
-                       metadata: dict[str, Any] | None = None) -> ImageDataset:
-    """Write ``dataset`` as 8-bit PNG class folders plus ``gnomon-dataset.json`` into ``folder``.
+def _encode_all(u8: np.ndarray, progress: Any, description: str):
+    """Yield ``(start, [png bytes])`` chunks in order, encoded in worker processes for large sets."""
+    n = len(u8)
+    step = 2000
+    starts = list(range(0, n, step))
+    workers = worker_count(n, per_worker_min=4000)
+    with resolve_progress(progress)(description, total=n) as advance:
+        chunks = run_chunks(_encode_png_chunk, [(u8[s:s + step],) for s in starts], workers, advance,
+                            [min(step, n - s) for s in starts])
+    return zip(starts, chunks, strict=True)
 
-    Returns the dataset as it will read back: ``x = quantize(x)``, ``files`` set, metadata as written.
-    """
+
+def _prepare(dataset: ImageDataset, metadata: dict[str, Any] | None) -> tuple[np.ndarray, list[str], dict, dict]:
+    """(uint8 pixels, file names, metadata as written, manifest) for writing ``dataset``."""
     u8 = to_uint8(dataset.x)
     if u8.shape[-1] not in (1, 3):
         raise DatasetError(f"dataset images must have 1 or 3 channels to be written as PNG; got {u8.shape[-1]}")
@@ -90,42 +103,70 @@ def write_image_folder(dataset: ImageDataset, folder: Path, *, progress: Any = N
     if meta.get("target_class") is not None:
         meta["target_class"] = int(meta["target_class"])
     meta = _jsonable(meta)
+    manifest = dict(meta)
+    manifest.update({"gnomon_dataset_format": FORMAT_VERSION, "pixel_format": "png-8bit",
+                     "class_names": list(dataset.class_names), "n_images": len(names),
+                     "image_shape": list(u8.shape[1:]), "files": names})
+    return u8, names, meta, manifest
+
+
+def write_image_folder(dataset: ImageDataset, folder: Path, *, progress: Any = None,
+                       metadata: dict[str, Any] | None = None) -> ImageDataset:
+    """Write ``dataset`` as 8-bit PNG class folders plus ``gnomon-dataset.json`` into ``folder``.
+
+    Returns the dataset as it will read back: ``x = quantize(x)``, ``files`` set, metadata as written.
+    """
+    u8, names, meta, manifest = _prepare(dataset, metadata)
     folder.mkdir(parents=True, exist_ok=True)
     for cls in dataset.class_names:
         (folder / cls).mkdir(exist_ok=True)
-    n = len(names)
-    workers = worker_count(n, per_worker_min=5000)
-    step = 2000
-    starts = list(range(0, n, step))
-    with resolve_progress(progress)(f"writing {folder.name}", total=n) as advance:
-        run_chunks(_write_png_chunk, [(str(folder), names[s:s + step], u8[s:s + step]) for s in starts],
-                   workers, advance, [min(step, n - s) for s in starts])
-    manifest = dict(meta)
-    manifest.update({"gnomon_dataset_format": FORMAT_VERSION, "pixel_format": "png-8bit",
-                     "class_names": list(dataset.class_names), "n_images": n,
-                     "image_shape": list(u8.shape[1:]), "files": names})
+    for start, blobs in _encode_all(u8, progress, f"writing {folder.name}"):
+        for name, blob in zip(names[start:start + len(blobs)], blobs, strict=True):
+            (folder / name).write_bytes(blob)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return ImageDataset(to_float(u8), dataset.y.copy(), list(dataset.class_names), meta, names)
 
 
-def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
+def _tar_entry(name: str, size: int | None = None, mtime: float = 0.0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = int(mtime)
+    if size is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    else:
+        info.size, info.mode = size, 0o644
     return info
 
 
-def make_tar(folder: Path, tar_path: Path) -> Path:
-    """Tar ``folder`` (as its own name) into ``tar_path`` (gzip for .tar.gz/.tgz), written atomically."""
+def write_dataset_tar(dataset: ImageDataset, tar_path: Path, dataset_name: str, *, progress: Any = None,
+                      metadata: dict[str, Any] | None = None) -> ImageDataset:
+    """Write the tar ``tar_path`` holding ``dataset_name/<class>/<file>.png`` + ``gnomon-dataset.json``.
+
+    PNGs are encoded in memory (worker processes for large sets) and streamed into the tar; the tar
+    is written under a temporary name and renamed (gzip for ``.tar.gz``/``.tgz``). Returns the dataset
+    as it will read back (``x = quantize(x)``).
+    """
+    import io
+    import time
+
+    u8, names, meta, manifest = _prepare(dataset, metadata)
     mode = "w:gz" if tar_path.name.endswith((".tar.gz", ".tgz")) else "w"
     tmp = tar_path.with_name(f".{tar_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    now = time.time()
     try:
-        with tarfile.open(tmp, mode) as tar:
-            tar.add(folder, arcname=folder.name, filter=_reset_owner)
+        with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_tar_entry(dataset_name, mtime=now))
+            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            tar.addfile(_tar_entry(f"{dataset_name}/{MANIFEST}", len(data), now), io.BytesIO(data))
+            for cls in dataset.class_names:
+                tar.addfile(_tar_entry(f"{dataset_name}/{cls}", mtime=now))
+            for start, blobs in _encode_all(u8, progress, f"writing {dataset_name}"):
+                for name, blob in zip(names[start:start + len(blobs)], blobs, strict=True):
+                    tar.addfile(_tar_entry(f"{dataset_name}/{name}", len(blob), now), io.BytesIO(blob))
         os.replace(tmp, tar_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tar_path
+    return ImageDataset(to_float(u8), dataset.y.copy(), list(dataset.class_names), meta, names)
 
 
 def produced_by(ctx: Any) -> dict[str, Any]:
@@ -152,15 +193,84 @@ def write_dataset_artifact(ctx: Any, dataset: ImageDataset, tar_name: str, datas
     meta["produced_by"] = produced_by(ctx)
     workdir = Path(getattr(ctx, "workdir", None) or tempfile.mkdtemp(prefix="gnomon-"))
     staging = workdir / f"dataset-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
     if progress is None and hasattr(ctx, "progress"):
         progress = ctx if getattr(ctx, "show_progress", True) else False
     try:
-        written = write_image_folder(dataset, staging / dataset_name, progress=progress, metadata=meta)
-        tar_path = make_tar(staging / dataset_name, staging / tar_name)
-        ctx.log_artifact(tar_path)
+        written = write_dataset_tar(dataset, staging / tar_name, dataset_name, progress=progress, metadata=meta)
+        ctx.log_artifact(staging / tar_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any = None,
+                     color_mode: str | None = None, progress: Any = None, label: str | None = None) -> ImageDataset:
+    """Load folder ``dataset_name`` of a dataset tar without extracting it to disk.
+
+    Every member is first checked with the rules of :func:`safe_extract` (a hostile archive is
+    refused as a whole with :class:`UnsafeArchiveError`); images are then read from the archive
+    into memory and decoded (in parallel for large sets). Order, class names and metadata follow
+    ``gnomon-dataset.json`` as for :func:`load_image_folder`.
+    """
+    import posixpath
+
+    from ._util import IMAGE_SUFFIXES
+    from .folder import STRUCTURAL_KEYS, _normalise_color, _normalise_size, class_names_for, order_files
+    from .safetar import check_members
+
+    size, mode = _normalise_size(image_size), _normalise_color(color_mode)
+    tar_path = Path(tar_path)
+    label = label or f"'{tar_path.name}'"
+    try:
+        tar = tarfile.open(tar_path, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetError(f"cannot read tar archive {label}: {exc}") from None
+    with tar:
+        try:
+            members = check_members(tar, label)
+        except tarfile.TarError as exc:
+            raise DatasetError(f"cannot read tar archive {label}: {exc}") from None
+        prefix = dataset_name + "/"
+        inside = {}
+        top = set()
+        for m in members:
+            norm = posixpath.normpath(m.name)
+            top.add(norm.split("/", 1)[0])
+            if norm == dataset_name or norm.startswith(prefix):
+                inside[norm[len(prefix):] if norm != dataset_name else ""] = m
+        if not inside:
+            raise DatasetError(f"artifact {label} has no folder '{dataset_name}' "
+                               f"(it holds: {', '.join(sorted(top)) if top else 'nothing'}); check dataset_name")
+        manifest = {}
+        if MANIFEST in inside:
+            try:
+                manifest = json.loads(tar.extractfile(inside[MANIFEST]).read())
+            except (ValueError, AttributeError) as exc:
+                raise DatasetError(f"cannot read {dataset_name}/{MANIFEST} in {label}: {exc}") from None
+            if not isinstance(manifest, dict):
+                raise DatasetError(f"{dataset_name}/{MANIFEST} in {label} must hold a JSON object")
+        folders = {rel.split("/", 1)[0] for rel, m in inside.items() if "/" in rel or m.isdir()} - {""}
+        folders = {f for f in folders if not f.startswith(".")}
+        class_names = class_names_for(manifest, sorted(folders))
+        if not class_names:
+            raise DatasetError(f"folder '{dataset_name}' in {label} has no class subfolders")
+        index = {c: i for i, c in enumerate(class_names)}
+        images = {rel: m for rel, m in inside.items()
+                  if rel.count("/") == 1 and (m.isfile() or m.islnk() or m.issym())
+                  and not rel.split("/")[1].startswith(".") and rel.lower().endswith(IMAGE_SUFFIXES)
+                  and rel.split("/")[0] in index}
+        if not images:
+            raise DatasetError(f"folder '{dataset_name}' in {label} holds no images")
+        per_class = [(c, [r for r in images if r.split("/", 1)[0] == c]) for c in class_names]
+        files = order_files(manifest, images, per_class)
+        blobs = [tar.extractfile(images[rel]).read() for rel in files]
+    from .folder import decode_in_memory
+
+    u8 = decode_in_memory(f"{label}#{dataset_name}", files, blobs, size, mode, progress=progress)
+    labels = np.fromiter((index[f.split("/", 1)[0]] for f in files), dtype=np.int64, count=len(files))
+    metadata = {k: v for k, v in manifest.items() if k not in STRUCTURAL_KEYS}
+    return ImageDataset(to_float(u8), labels, class_names, metadata, files)
 
 
 # -- reading ----------------------------------------------------------------
@@ -204,11 +314,13 @@ def check_artifact(engine: Any, run_id: str, tar_name: str) -> str | None:
 def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name: str, *,
                           image_size: Any = None, color_mode: str | None = None,
                           progress: Any = None) -> ImageDataset:
-    """Download tar artifact ``tar_name`` of run ``run_id``, extract it safely, load folder ``dataset_name``.
+    """Download tar artifact ``tar_name`` of run ``run_id`` and load its folder ``dataset_name``.
 
-    Works with the embedded store and a remote tracking server (MLflow artifact download).
-    Clear :class:`DatasetError` for a missing run, a missing tar, or a tar without ``dataset_name``;
-    :class:`UnsafeArchiveError` for hostile tars. ``metadata["artifact"]`` records where it came from.
+    Works with the embedded store and a remote tracking server (MLflow artifact download). The tar
+    is checked member by member with the rules of :func:`safe_extract` and read in memory (see
+    :func:`load_dataset_tar`). Clear :class:`DatasetError` for a missing run, a missing tar, or a tar
+    without ``dataset_name``; :class:`UnsafeArchiveError` for hostile tars.
+    ``metadata["artifact"]`` records where it came from.
     """
     if not run_id:
         raise DatasetError("a run id is needed to read a dataset artifact")
@@ -221,17 +333,10 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
     tmp = Path(tempfile.mkdtemp(prefix="gnomon-dataset-"))
     try:
         local = Path(_client(engine).download_artifacts(run_id, tar_name, str(tmp)))
-        extracted = safe_extract(local, tmp / "extracted")
-        folder = extracted / dataset_name
-        if not folder.is_dir():
-            top = sorted({p.name for p in extracted.iterdir()})
-            raise DatasetError(f"artifact '{tar_name}' of run '{run_id}' has no folder '{dataset_name}' "
-                               f"(it holds: {', '.join(top) if top else 'nothing'}); check dataset_name")
-        dataset = load_image_folder(folder, image_size=image_size, color_mode=color_mode, cache=False,
-                                    progress=progress)
+        dataset = load_dataset_tar(local, dataset_name, image_size=image_size, color_mode=color_mode,
+                                   progress=progress, label=f"'{tar_name}' of run '{run_id}'")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if dataset.metadata.get("source") == str(folder):
-        dataset.metadata["source"] = f"runs:/{run_id}/{tar_name}#{dataset_name}"
+    dataset.metadata.setdefault("source", f"runs:/{run_id}/{tar_name}#{dataset_name}")
     dataset.metadata["artifact"] = {"run_id": run_id, "tar_name": tar_name, "dataset_name": dataset_name}
     return dataset

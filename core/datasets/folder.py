@@ -90,6 +90,25 @@ def _list_class(root: Path, label: int, cls: str) -> dict[str, tuple[int, int, i
     return out
 
 
+def class_names_for(manifest: dict[str, Any], folders: list[str]) -> list[str]:
+    """The manifest's ``class_names`` (their order wins), then any other folder, sorted."""
+    names = [str(c) for c in manifest.get("class_names") or []]
+    return names + sorted(c for c in folders if c not in names)
+
+
+def order_files(manifest: dict[str, Any], found: Any, per_class: list[tuple[str, Any]]) -> list[str]:
+    """Dataset order: the manifest's ``files`` if it lists exactly ``found``; else by class
+    (``per_class`` is ``[(class, relative names)]`` in label order), then natural name order."""
+    listed = manifest.get("files")
+    if isinstance(listed, list) and len(listed) == len(found) and set(listed) == set(found):
+        return [str(f) for f in listed]
+    files: list[str] = []
+    for cls, names in per_class:
+        cut = len(cls) + 1
+        files.extend(sorted(names, key=lambda f: natural_key(f[cut:])))
+    return files
+
+
 def scan_folder(path: str | Path) -> FolderScan:
     """List the class folders and images of ``path`` (sizes and mtimes included, nothing decoded)."""
     root = Path(path).expanduser()
@@ -103,8 +122,7 @@ def scan_folder(path: str | Path) -> FolderScan:
     except FileNotFoundError:
         manifest_stat = None
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    class_names = [str(c) for c in manifest.get("class_names") or []]
-    class_names += [c for c in folders if c not in class_names]
+    class_names = class_names_for(manifest, folders)
     if not class_names:
         raise DatasetError(f"dataset folder '{root}' has no class subfolders (expected <folder>/<class>/<image files>)")
     found: dict[str, tuple[int, int, int]] = {}
@@ -122,14 +140,7 @@ def scan_folder(path: str | Path) -> FolderScan:
     if not found:
         raise DatasetError(f"dataset folder '{root}' has class folders ({', '.join(folders[:5])}"
                            f"{', ...' if len(folders) > 5 else ''}) but no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-    listed = manifest.get("files")
-    if isinstance(listed, list) and len(listed) == len(found) and set(listed) == found.keys():
-        files = [str(f) for f in listed]
-    else:  # by class, then natural name order (each class listing sorted on its own: cheaper)
-        files = []
-        for (_, cls), listing in zip(existing, listings, strict=True):
-            cut = len(cls) + 1
-            files.extend(sorted(listing, key=lambda f: natural_key(f[cut:])))
+    files = order_files(manifest, found, [(cls, listing) for (_, cls), listing in zip(existing, listings, strict=True)])
     labels = np.fromiter((found[f][0] for f in files), dtype=np.int64, count=len(files))
     stats = [found[f][1:] for f in files]
     return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat)
@@ -139,10 +150,13 @@ def scan_folder(path: str | Path) -> FolderScan:
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def _decode_one(path: str, image_size: tuple[int, int] | None, color_mode: str | None) -> np.ndarray:
+def _decode_one(source: Any, image_size: tuple[int, int] | None, color_mode: str | None) -> np.ndarray:
+    """One image (a path, or the encoded bytes) -> uint8 ``(h, w, c)``."""
+    import io
+
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
         mode = im.mode
         if color_mode == "grayscale" or (color_mode is None and mode in _GRAY_MODES):
             if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -157,6 +171,18 @@ def _decode_one(path: str, image_size: tuple[int, int] | None, color_mode: str |
             im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def decode_blobs(where: str, files: list[str], blobs: list[bytes], image_size: tuple[int, int] | None,
+                 color_mode: str | None) -> np.ndarray:
+    """Like :func:`decode_chunk` for images already read into memory (e.g. from a tar)."""
+    arrays = []
+    for rel, blob in zip(files, blobs, strict=True):
+        try:
+            arrays.append(_decode_one(blob, image_size, color_mode))
+        except Exception as exc:
+            raise DatasetError(f"cannot read image '{rel}' in {where}: {type(exc).__name__}: {exc}") from None
+    return stack_images(arrays, files)
 
 
 def decode_chunk(root: str, files: list[str], image_size: tuple[int, int] | None,
@@ -216,6 +242,19 @@ def decode_files(root: Path, files: list[str], image_size: tuple[int, int] | Non
     with progress_factory(f"decoding {root.name}", total=n) as advance:
         chunks = run_chunks(decode_chunk, [(str(root), part, image_size, color_mode) for part in parts],
                             workers, advance, [len(p) for p in parts])
+    return _merge_chunks(chunks, files)
+
+
+def decode_in_memory(where: str, files: list[str], blobs: list[bytes], image_size: tuple[int, int] | None,
+                     color_mode: str | None, *, progress: Any = None, workers: int | None = None) -> np.ndarray:
+    """Decode encoded images held in memory (parallel for many) into one uint8 NHWC array."""
+    n = len(files)
+    workers = worker_count(n) if workers is None else max(1, int(workers))
+    size = 1000 if workers <= 1 else max(500, -(-n // (workers * 8)))
+    starts = list(range(0, n, size))
+    with resolve_progress(progress)(f"decoding {where}", total=n) as advance:
+        chunks = run_chunks(decode_blobs, [(where, files[i:i + size], blobs[i:i + size], image_size, color_mode)
+                                           for i in starts], workers, advance, [min(size, n - i) for i in starts])
     return _merge_chunks(chunks, files)
 
 
