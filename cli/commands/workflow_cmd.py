@@ -56,11 +56,17 @@ def show_workflow(
     if workflow.variables:
         out.print(table("variables (override with -P name=value)", ["name", "default"],
                         [[k, repr(v)] for k, v in workflow.variables.items()]))
-    rows = []
+    from rich.markup import escape
+
+    out.print(f"[bold]steps[/bold] ({len(workflow.steps)}, run in this order):")
     for s in workflow.steps:
-        params = "\n".join(f"{k} = {v!r}" for k, v in s.params.items())
-        rows.append([s.index + 1, s.name, s.task, params, ", ".join(step_dependencies(s.params))])
-    out.print(table("steps", ["#", "step", "task", "params", "uses"], rows))
+        uses = step_dependencies(s.params)
+        line = f"{s.index + 1:>3}. [bold]{escape(s.name)}[/bold]  task [cyan]{escape(s.task)}[/cyan]"
+        if uses:
+            line += f"  [dim]uses {escape(', '.join(uses))}[/dim]"
+        out.print(line, soft_wrap=True)
+        for key, value in s.params.items():
+            out.print(f"       {escape(key)} = {escape(repr(value))}", soft_wrap=True)
 
 
 @workflow_app.command("validate")
