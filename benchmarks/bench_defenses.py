@@ -128,7 +128,7 @@ def _throughput(engine, timing_runs) -> None:
     import numpy as np
 
     from gnomon.core.datasets import resolve_dataset
-    from gnomon.plugins.builtin.defense_tasks import OPTIONS, defend  # noqa: F401  (same code path as the task)
+    from gnomon.plugins.builtin.defense_tasks import OPTIONS
     from gnomon.plugins.builtin.defenses import clip_values_for
 
     dataset = resolve_dataset(engine, {"data_dir": None}, default_split="testing")

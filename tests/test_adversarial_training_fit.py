@@ -83,7 +83,7 @@ def test_adversarial_loss_decreases_and_ratio_mixes(sample):
     adv, loss = history["adversarial_loss"], history["loss"]
     assert adv[-1] < adv[0]
     # Half of every batch is clean, so the training loss sits below the loss on the PGD half.
-    assert all(l < a for l, a in zip(loss, adv))
+    assert all(mixed < a for mixed, a in zip(loss, adv, strict=True))
 
 
 def test_fractional_epochs_and_seed(sample):
@@ -98,7 +98,7 @@ def test_fractional_epochs_and_seed(sample):
         runs.append((h, model.get_weights()))
     (h1, w1), (h2, w2) = runs
     assert len(h1["loss"]) == 2  # one full epoch and half of a second
-    assert h1 == h2 and all(np.array_equal(a, b) for a, b in zip(w1, w2))
+    assert h1 == h2 and all(np.array_equal(a, b) for a, b in zip(w1, w2, strict=True))
 
 
 def test_pgd_examples_stay_in_ball_and_range(sample):

@@ -166,7 +166,7 @@ def test_jpeg_on_rgb_folder(store, tmp_path):
     from gnomon.core.datasets import load_image_folder
 
     gray = load_image_folder(store.test_dir)
-    for i, (img, label) in enumerate(zip(gray.x[:40], gray.y[:40])):
+    for i, (img, label) in enumerate(zip(gray.x[:40], gray.y[:40], strict=True)):
         folder = tmp_path / "rgb" / gray.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         rgb = np.concatenate([img, img * 0.5, 1 - img], axis=-1)  # three different channels
@@ -204,7 +204,7 @@ def test_gaussian_augmentation_appends_noisy_copies(store):
     out = _read(store, result)
     n = len(src)
     assert len(out) == n + n // 2 and result.metrics["n_samples"] == n + n // 2
-    by_file = dict(zip(out.files, range(len(out))))
+    by_file = dict(zip(out.files, range(len(out)), strict=True))
     originals = np.array([by_file[f] for f in src.files])
     np.testing.assert_array_equal(out.x[originals], src.x)  # originals kept unchanged
     copies = [f for f in out.files if "_gauss" in f]

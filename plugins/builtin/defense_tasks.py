@@ -191,7 +191,7 @@ def augment(ctx, preprocessor, dataset):
     all_mask = np.concatenate([mask, mask[indices]])
     metadata.pop("poisoned_indices", None)
     if all_mask.any() or "poisoned_files" in metadata:
-        metadata["poisoned_files"] = [f for f, m in zip(all_files, all_mask) if m]
+        metadata["poisoned_files"] = [f for f, m in zip(all_files, all_mask, strict=True) if m]
     augmented = dataset.replace(x=x_aug, y=np.asarray(y_aug, dtype=np.int64), files=all_files, metadata=metadata)
     return augmented, np.concatenate([np.arange(n), indices])
 
