@@ -227,3 +227,53 @@ def test_bad_idx_content_is_reported(tmp_path):
     (src / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
     with pytest.raises(DatasetError, match="train-labels-idx1-ubyte is truncated"):
         prepare_mnist(tmp_path / "mnist", str(src), progress=False)
+
+
+@pytest.mark.skipif(not FULL_MNIST.is_dir(), reason="full MNIST not available")
+def test_full_mnist_source_verifies(tmp_path):
+    from gnomon.core.datasets.mnist import load_source
+
+    raw, hashes, where = load_source(str(FULL_MNIST), tmp_path, lambda *a, **k: __import__("contextlib").nullcontext(lambda n=1: None))
+    assert hashes == FULL_MNIST_SHA256 and len(raw["train-labels-idx1-ubyte"]) == 8 + 60000
+
+
+def _wait_for_pngs(parent: Path, minimum: int, timeout: float = 60.0) -> Path:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for build in parent.glob(".mnist.partial-*"):
+            if len(list((build / "training").rglob("*.png"))) >= minimum if (build / "training").is_dir() else False:
+                return build
+        time.sleep(0.1)
+    pytest.fail("the build never started writing PNGs")
+
+
+@pytest.mark.skipif(not FULL_MNIST.is_dir(), reason="full MNIST not available")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGKILL"])
+def test_real_process_interrupted_mid_write(tmp_path, signame):
+    """A real `gnomon data mnist` stopped while writing: DEST never appears half-written."""
+    import signal
+    import subprocess
+    import sys
+
+    dest = tmp_path / "mnist"
+    env = dict(os.environ, GNOMON_WORKERS="1")
+    proc = subprocess.Popen([sys.executable, "-c", "from gnomon.cli.main import main; main()", "data", "mnist",
+                             "--source", str(FULL_MNIST), "--dest", str(dest)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        build = _wait_for_pngs(tmp_path, 20)
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert not dest.exists()
+    if signame == "SIGINT":  # cleaned up on the way out
+        assert not build.exists()
+    # the next run (here from the sample) removes any leftover of the dead process and succeeds
+    assert prepare_mnist(dest, str(SAMPLE_IDX), progress=False).created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]
