@@ -68,11 +68,14 @@ class Worker:
         raise AssertionError(f"worker not ready: {self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        """SIGKILL the worker and its work horse (the whole process group), like a machine dying."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL the worker, its work horse (RQ puts it in its own process group) and every other
+        descendant at once, like a machine dying."""
+        pids = _descendants(self.proc.pid) + [self.proc.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
@@ -83,6 +86,24 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.handle.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 @pytest.fixture(scope="module")
