@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -167,8 +166,8 @@ def _registered_task_plugin(task_name: str) -> str | None:
 def new_plugin(
     name: str = typer.Argument(..., help="Project (distribution) name, e.g. 'gnomon-noise'."),
     dest: Path = typer.Option(Path("."), "--dest", "-d", help="Folder to create the project in."),
-    task: Optional[str] = typer.Option(None, "--task", help="Name of the sample task (default: from NAME)."),
-    description: Optional[str] = typer.Option(None, "--description", help="One-line description."),
+    task: str | None = typer.Option(None, "--task", help="Name of the sample task (default: from NAME)."),
+    description: str | None = typer.Option(None, "--description", help="One-line description."),
 ) -> None:
     """Generate a ready plugin project: pyproject with entry point, a sample attack task, tests, README."""
     from gnomon.core.errors import GnomonError

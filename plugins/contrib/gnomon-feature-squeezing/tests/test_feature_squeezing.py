@@ -9,10 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from gnomon.core.errors import ParamValidationError
 from gnomon.core.plugins import load_plugins
-
 from gnomon_feature_squeezing.defense import feature_squeezing
 
 
