@@ -202,3 +202,13 @@ def test_import_is_light():
             "bad = [m for m in ('tensorflow', 'mlflow', 'keras', 'PIL', 'art') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cache_is_capped_least_recently_used_first(tmp_path, mnist_sample_dirs, gnomon_home, monkeypatch):
+    monkeypatch.setenv("GNOMON_CACHE_MAX_MB", "1.6")
+    load_image_folder(mnist_sample_dirs["training"], progress=False)  # 784 kB
+    load_image_folder(mnist_sample_dirs["testing"], progress=False)  # 235 kB
+    os.utime(next(iter(sorted(cache_dir().glob("*.npy"), key=lambda p: p.stat().st_size))), (1, 1))  # testing: oldest
+    load_image_folder(mnist_sample_dirs["training"], image_size=27, progress=False)  # 729 kB: 1.75 MB > cap
+    sizes = sorted(p.stat().st_size for p in cache_dir().glob("*.npy"))
+    assert len(sizes) == 2 and sizes[0] > 700_000  # the least recently used (testing) went, nothing more

@@ -285,7 +285,37 @@ def _cache_load(path: Path, n: int) -> np.ndarray | None:
         return None
     if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) != n:
         return None
+    try:
+        os.utime(path)  # recently used: evicted last
+    except OSError:
+        pass
     return arr
+
+
+def cache_limit_bytes() -> int:
+    """The cache's size cap: ``GNOMON_CACHE_MAX_MB`` (default 4096 MB)."""
+    try:
+        return int(float(os.environ.get("GNOMON_CACHE_MAX_MB", "4096")) * 1e6)
+    except ValueError:
+        return int(4096e6)
+
+
+def _evict(folder: Path, keep: Path) -> None:
+    """Delete least-recently-used entries until the cache fits its cap (``keep`` is never deleted)."""
+    entries = []
+    for entry in folder.glob("*.npy"):
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((st.st_mtime, st.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= cache_limit_bytes():
+            break
+        if entry != keep:
+            entry.unlink(missing_ok=True)
+            total -= size
 
 
 def _cache_store(path: Path, arr: np.ndarray) -> None:
@@ -321,6 +351,7 @@ def load_image_folder_u8(path: str | Path, *, image_size: Any = None, color_mode
     if target is not None:
         try:
             _cache_store(target, arr)
+            _evict(target.parent, target)
         except OSError:  # a read-only home must not break loading
             pass
     return arr, scan
