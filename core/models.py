@@ -160,8 +160,11 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
     Use it inside ``with ctx.progress("training", total=total_steps(...)) as advance``.
     ``epochs`` may be fractional: the last epoch stops after ``round(frac * steps_per_epoch)``
     batches (at least one). Per-epoch metrics are logged as ``{log_prefix}train_<metric>`` and
-    ``{log_prefix}val_<metric>`` with ``step`` = epoch number (1-based).
+    ``{log_prefix}val_<metric>`` with ``step`` = epoch number (1-based), plus the epoch's wall
+    time (training and validation) as ``{log_prefix}epoch_time_s``.
     """
+    import time
+
     import keras
 
     n_epochs, last_steps = _epoch_plan(epochs, steps_per_epoch)
@@ -171,10 +174,13 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
             super().__init__()
             self._epoch = 0
             self.steps = 0
+            self._epoch_started = time.perf_counter()
             self.epochs_logged: list[int] = []
+            self.epoch_times: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
+            self._epoch_started = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
@@ -183,10 +189,12 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self._epoch_started
             self.epochs_logged.append(epoch + 1)
+            self.epoch_times.append(seconds)
             if not logs or not ctx.run_id:
                 return
-            metrics = {}
+            metrics = {f"{log_prefix}epoch_time_s": seconds}
             for key, value in logs.items():
                 if key == "learning_rate":
                     continue

@@ -107,6 +107,7 @@ def test_fractional_epoch_and_seed_change_results(gnomon_engine):
     assert a.metrics["loss"] != b.metrics["loss"]
 
 
+@pytest.mark.slow
 def test_apply_defense_trains_with_pgd(gnomon_engine):
     result = gnomon_engine.run("train", {"model_architecture": "shallow_net", "epochs": 0.2, "batch_size": 100,
                                          "apply_defense": True, "pgd_max_iter": 2, "pgd_eps": 0.1,

@@ -227,7 +227,7 @@ def train(ctx, **p) -> dict[str, Any]:
             ctx.info(f"early stopping after epoch {stopper.stopped_epoch + 1}; best epoch {stopper.best_epoch + 1}")
     training_time = time.perf_counter() - started
     ctx.log_metrics({"training_time_s": training_time, "epochs_completed": epochs_done,
-                     "epoch_time_s": training_time / max(epochs_done, 1)})
+                     "mean_epoch_time_s": training_time / max(epochs_done, 1)})
 
     with ctx.progress("evaluating on the test set", total=None):
         metrics = M.evaluate(model, test, batch_size=max(batch_size, 256))
