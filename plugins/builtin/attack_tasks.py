@@ -332,8 +332,10 @@ class PoisonModelSchema(TaskSchema, Training, ModelArchitecture,
         "description": "Units of the discriminator's first dense layer."})
     discriminator_layer_2_size = PositiveInt(load_default=128, metadata={
         "description": "Units of the discriminator's second dense layer."})
-    regularization_factor = PositiveFloat(load_default=10.0, metadata={
-        "description": "Weight of the backdoor-recognition (discriminator) loss; positive."})
+    regularization_factor = PositiveFloat(load_default=0.1, metadata={
+        "description": "Weight of the backdoor-recognition (discriminator) loss; positive. ART subtracts it from "
+                       "the classification loss without bound, so large values (ART's default 10) cost clean "
+                       "accuracy: see docs/attacks.md."})
     poison_fraction = Fraction(load_default=0.1, metadata={
         "description": "Fraction of the non-target training samples ART triggers and relabels, 0..1."})
 
