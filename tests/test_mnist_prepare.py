@@ -277,3 +277,20 @@ def test_real_process_interrupted_mid_write(tmp_path, signame):
     # the next run (here from the sample) removes any leftover of the dead process and succeeds
     assert prepare_mnist(dest, str(SAMPLE_IDX), progress=False).created
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]
+
+
+def test_concurrent_preparations_leave_one_complete_folder(tmp_path):
+    """Several processes preparing the same DEST at once: all succeed, DEST is complete, no leftovers."""
+    import subprocess
+    import sys
+
+    dest = tmp_path / "mnist"
+    code = ("import sys; from gnomon.core.datasets import prepare_mnist; "
+            "r = prepare_mnist(sys.argv[1], sys.argv[2], progress=False); print(r.created)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(dest), str(SAMPLE_IDX)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    assert mnist_mod.read_marker(dest) is not None
+    assert len(list(dest.rglob("*.png"))) == 1300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]

@@ -293,16 +293,24 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
                        "source_key": _source_key(source) if source else None,
                        "layout": "<split>/<label>/<index>.png, 28x28 8-bit grayscale"}
         (build / MARKER).write_text(json.dumps(marker_data, indent=2, sort_keys=True))
-        _swap_into_place(build, dest)
+        _swap_into_place(build, dest, None if force else hashes)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
     return PrepareResult(dest, True, hashes, counts, where)
 
 
-def _swap_into_place(build: Path, dest: Path) -> None:
-    """Rename ``build`` to ``dest``; an existing prepared ``dest`` is moved aside first, then deleted."""
+def _swap_into_place(build: Path, dest: Path, hashes: dict[str, str] | None = None) -> None:
+    """Rename ``build`` to ``dest``; an existing prepared ``dest`` is moved aside first, then deleted.
+
+    If another process has meanwhile prepared ``dest`` with the same ``hashes``, ``build`` is
+    discarded instead, so readers of that folder are never disturbed.
+    """
     old = None
+    current = read_marker(dest)
+    if hashes is not None and current is not None and current.get("hashes") == hashes:
+        shutil.rmtree(build, ignore_errors=True)
+        return
     if dest.exists():
         old = dest.parent / f".{dest.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if dest.is_dir() and not any(dest.iterdir()):
