@@ -252,3 +252,26 @@ def test_resume_after_a_failure_redoes_only_the_unfinished_steps(engine):
         run_workflow(engine, wf, apply_overrides(wf, {}), resume=True, make_report=False)
     assert len(_called("wf_use")) == 2 and len(_called("wf_fail")) == 2
     assert len(_called("wf_emit")) == 1
+
+
+def test_an_interrupted_workflow_is_killed_and_resume_redoes_only_the_unfinished_steps(engine):
+    text = CHAIN + '\n[steps.ctrl_c]\ntask = "wf_fail"\nparams = { interrupt = true, succeed = true }\n' \
+        '\n[steps.after]\ntask = "wf_use"\nparams = { source_run = "${steps.ctrl_c.run_id}", model = "m/1" }\n'
+    wf = parse_workflow(text)
+    support.ARMED[:] = [True]
+    with pytest.raises(KeyboardInterrupt):
+        run_workflow(engine, wf, apply_overrides(wf, {}), make_report=False)
+    client = engine.mlflow_client()
+    parents = [r for r in _all_runs(engine) if "gnomon.workflow.step" not in r.data.tags]
+    assert [p.info.status for p in parents] == ["KILLED"]
+    children = _children(engine, parents[0].info.run_id)
+    assert children["ctrl_c"].info.status == "KILLED" and "after" not in children
+    assert client.get_run(parents[0].info.run_id).data.tags["gnomon.error"] == "interrupted"
+    before = len(support.CALLS)
+
+    # same inputs: the KILLED run of 'ctrl_c' is not reused, the four finished steps are
+    result = run_workflow(engine, wf, apply_overrides(wf, {}), resume=True, make_report=False)
+    status = {s.name: s.status for s in result.steps}
+    assert status == {"first": "cached", "second": "cached", "third": "cached", "side": "cached",
+                      "ctrl_c": "ran", "after": "ran"}
+    assert [name for name, _ in support.CALLS[before:]] == ["wf_fail", "wf_use"]

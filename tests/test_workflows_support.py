@@ -19,6 +19,8 @@ from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
 
 CALLS: list[tuple[str, dict]] = []
+#: wf_fail with interrupt=true raises KeyboardInterrupt while this holds an item
+ARMED: list[bool] = []
 
 class EmitSchema(TaskSchema):
     value = fields.Integer(load_default=1, validate=validate.Range(min=1), metadata={"description": "a number"})
@@ -49,10 +51,17 @@ def use(ctx, source_run, model, factor, seed):
 
 class FailSchema(TaskSchema):
     reason = fields.String(load_default="the task broke on purpose")
+    interrupt = Bool(load_default=False, metadata={"description": "raise KeyboardInterrupt once if ARMED"})
+    succeed = Bool(load_default=False, metadata={"description": "do not fail after all"})
 
 
-def fail(ctx, reason, seed):
+def fail(ctx, reason, interrupt, succeed, seed):
     CALLS.append(("wf_fail", {}))
+    if succeed:
+        return {"ok": 1}
+    if interrupt and ARMED:  # interrupt once, as a user pressing Ctrl-C would
+        ARMED.clear()
+        raise KeyboardInterrupt
     raise RuntimeError(reason)
 
 
