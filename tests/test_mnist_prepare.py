@@ -294,3 +294,32 @@ def test_concurrent_preparations_leave_one_complete_folder(tmp_path):
     assert mnist_mod.read_marker(dest) is not None
     assert len(list(dest.rglob("*.png"))) == 1300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]
+
+
+def test_url_prefix_serving_uncompressed_files_and_file_url(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for base in BASENAMES:
+        (raw / base).write_bytes(gzip.decompress((SAMPLE_IDX / f"{base}.gz").read_bytes()))
+    shutil.copy(SAMPLE_IDX / "SHA256SUMS", raw)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(raw)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"  # no trailing slash: still a prefix
+        result = prepare_mnist(tmp_path / "a", url, progress=False)  # .gz gives 404, the plain file is used
+        assert result.created and result.hashes == _sums()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert prepare_mnist(tmp_path / "b", f"file://{SAMPLE_IDX}", progress=False).hashes == _sums()
+
+
+def test_silent_server_times_out_with_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNOMON_DOWNLOAD_TIMEOUT", "0.5")
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        with pytest.raises(MnistSourceError, match="could not download .*timed out.*GNOMON_MNIST_SOURCE"):
+            prepare_mnist(tmp_path / "m", url, progress=False)
+    assert list(tmp_path.iterdir()) == []
