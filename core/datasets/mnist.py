@@ -102,6 +102,7 @@ def _download(url: str, target: Path, progress_factory) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "gnomon (MNIST download)"})
     with urllib.request.urlopen(request, timeout=_timeout()) as response:
         total = response.headers.get("Content-Length")
+        received = 0
         with open(target, "wb") as out, progress_factory(f"downloading {url.rsplit('/', 1)[-1]}",
                                                         total=int(total) if total else None) as advance:
             while True:
@@ -109,7 +110,10 @@ def _download(url: str, target: Path, progress_factory) -> None:
                 if not block:
                     break
                 out.write(block)
+                received += len(block)
                 advance(len(block))
+        if total and received != int(total):
+            raise OSError(f"connection closed after {received} of {total} bytes")
 
 
 def _reason(exc: BaseException) -> str:
