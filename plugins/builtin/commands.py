@@ -27,9 +27,7 @@ def _data_app() -> typer.Typer:
     ) -> None:
         """Write MNIST as DEST/training/<label>/<n>.png and DEST/testing/<label>/<n>.png (sha256-verified).
 
-        The sha256 of each uncompressed IDX file must be full MNIST's or be listed in a SHA256SUMS file next
-        to the files. Running it again with the same data does nothing; an interrupted run leaves no
-        half-written DEST. Offline, point it at a local copy: --source DIR or GNOMON_MNIST_SOURCE=DIR.
+        The sha256 of each uncompressed IDX file must be full MNIST's or be listed in a SHA256SUMS file next to the files. Running it again with the same data does nothing; an interrupted run leaves no half-written DEST. Offline, point it at a local copy: --source DIR or GNOMON_MNIST_SOURCE=DIR.
         """
         from gnomon.core.datasets.mnist import prepare_mnist
 
