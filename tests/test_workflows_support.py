@@ -57,11 +57,11 @@ class FailSchema(TaskSchema):
 
 def fail(ctx, reason, interrupt, succeed, seed):
     CALLS.append(("wf_fail", {}))
-    if succeed:
-        return {"ok": 1}
     if interrupt and ARMED:  # interrupt once, as a user pressing Ctrl-C would
         ARMED.clear()
         raise KeyboardInterrupt
+    if succeed:
+        return {"ok": 1}
     raise RuntimeError(reason)
 
 
