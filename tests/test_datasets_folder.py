@@ -212,3 +212,22 @@ def test_cache_is_capped_least_recently_used_first(tmp_path, mnist_sample_dirs, 
     load_image_folder(mnist_sample_dirs["training"], image_size=27, progress=False)  # 729 kB: 1.75 MB > cap
     sizes = sorted(p.stat().st_size for p in cache_dir().glob("*.npy"))
     assert len(sizes) == 2 and sizes[0] > 700_000  # the least recently used (testing) went, nothing more
+
+
+def test_forkserver_workers_after_a_threaded_runtime_is_loaded(mnist_sample_dirs, gnomon_home, monkeypatch):
+    """Once TensorFlow (here: any listed module) is imported, workers come from forkserver, not fork."""
+    from gnomon.core.datasets import _util
+
+    monkeypatch.setattr(_util, "_THREADED_RUNTIMES", ("gnomon",))
+    pool = _util.process_pool(2)
+    try:
+        assert pool._mp_context.get_start_method() == "forkserver"
+    finally:
+        pool.shutdown()
+    calls = []
+    real = _util.process_pool
+    monkeypatch.setattr(_util, "process_pool", lambda w: calls.append(w) or real(w))
+    serial = load_image_folder(mnist_sample_dirs["training"], cache=False, workers=1, progress=False)
+    parallel = load_image_folder(mnist_sample_dirs["training"], cache=False, workers=2, progress=False)
+    np.testing.assert_array_equal(serial.x, parallel.x)
+    assert calls == [2]  # 1,000 images in two chunks: the pool was really used
