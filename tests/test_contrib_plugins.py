@@ -91,3 +91,35 @@ def test_cli_runs_a_contrib_task(gnomon_cli, gnomon_image_folder):
     assert result["outputs"]["dataset_tar_name"] == "feature_squeezing_dataset.tar.gz"
     bad = gnomon_cli("run", "fgm", "-P", "eps=0")
     assert bad.exit_code == 2 and "eps" in bad.stderr and "model" in bad.stderr
+
+
+_RUN_FROM_BUNDLE = """
+import json, sys
+from gnomon.core.engine import Engine
+from gnomon.core.plugins import load_plugins
+plugins = load_plugins(environ={}, plugin_path=[sys.argv[1]])
+result = Engine(plugins, show_progress=False).run("feature_squeezing", {"data_dir": sys.argv[2]})
+info = plugins.infos["feature_squeezing"]
+print(json.dumps({"source": info.source, "shadows": info.shadows, "status": result.status,
+                  "file": sys.modules["gnomon_feature_squeezing"].__file__, "n": result.metrics["n_defended"]}))
+"""
+
+
+def test_synced_bundle_runs_like_on_a_worker(tmp_path, gnomon_image_folder):
+    """What 'gnomon plugins sync' uploads and a worker pulls: the bundle alone runs the task."""
+    from gnomon.core.plugins import load_plugins
+    from gnomon.core.remote.bundle import build_bundle, extract_bundle
+
+    info = load_plugins(environ={}).infos["feature_squeezing"]
+    bundle = build_bundle(info)
+    pulled = tmp_path / "plugin-cache"
+    extract_bundle(bundle.data, pulled, "feature_squeezing")
+    folder = gnomon_image_folder(n_classes=2, per_class=2)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "GNOMON_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-c", _RUN_FROM_BUNDLE, str(pulled), str(folder)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["source"] == "directory" and "entry point" in out["shadows"]
+    assert Path(out["file"]).is_relative_to(pulled)  # the synced copy, not the installed one
+    assert (out["status"], out["n"]) == ("FINISHED", 4.0)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from gnomon.cli.commands import scaffold_cmd
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"
