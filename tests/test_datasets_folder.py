@@ -231,3 +231,21 @@ def test_forkserver_workers_after_a_threaded_runtime_is_loaded(mnist_sample_dirs
     parallel = load_image_folder(mnist_sample_dirs["training"], cache=False, workers=2, progress=False)
     np.testing.assert_array_equal(serial.x, parallel.x)
     assert calls == [2]  # 1,000 images in two chunks: the pool was really used
+
+
+def _die():
+    os._exit(3)
+
+
+def test_broken_worker_pool_falls_back_to_this_process(mnist_sample_dirs, gnomon_home, monkeypatch):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from gnomon.core.datasets import _util
+
+    monkeypatch.setattr(_util, "process_pool", lambda w: ProcessPoolExecutor(
+        w, mp_context=multiprocessing.get_context("fork"), initializer=_die))
+    reference = load_image_folder(mnist_sample_dirs["training"], cache=False, workers=1, progress=False)
+    with pytest.warns(RuntimeWarning, match="worker processes could not start"):
+        fallback = load_image_folder(mnist_sample_dirs["training"], cache=False, workers=2, progress=False)
+    np.testing.assert_array_equal(reference.x, fallback.x)
