@@ -27,7 +27,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from gnomon.core.fields import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName, current_registry
+from gnomon.core.fields import Bool, Fraction, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName, current_registry
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
 
@@ -319,6 +319,8 @@ class PoisonModelSchema(TaskSchema, Training, ModelArchitecture,
                                       default_split="training", default_tar=DEFAULT_TAR,
                                       default_name=DEFAULT_NAME),
                         TriggerParams):
+    register_model = Bool(load_default=True, metadata={
+        "description": "Register the backdoored model in the MLflow model registry (as train does)."})
     data_dir_test = fields.String(load_default=None, allow_none=True, metadata={
         "description": "Test folder of class subfolders (default: MNIST 'testing'); the model is evaluated on it "
                        "clean and with the trigger."})
