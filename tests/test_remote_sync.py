@@ -231,7 +231,12 @@ def test_pull_fetches_only_changes_and_loads_exactly_the_synced_plugins(tmp_path
     finally:
         sys.path.remove(str(src))
     second = pull(url, cache)
-    assert [n for n, _ in second.fetched] == ["dirplug"] and sorted(second.reused) == ["builtin", "remote_demo"]
+    before, after = (Manifest.from_json((cache / "sets" / r.manifest_id / ".manifest.json").read_bytes(), "cache")
+                     for r in (first, second))
+    changed = sorted(n for n, e in after.by_name().items() if before.by_name()[n].sha256 != e.sha256)
+    assert "dirplug" in changed and "remote_demo" not in changed  # (builtin only if someone edits it meanwhile)
+    assert sorted(n for n, _ in second.fetched) == changed
+    assert sorted(second.reused) == sorted(set(after.by_name()) - set(changed))
     assert active_manifest(cache).id == second.manifest_id
     older = pull(url, cache, version=first.manifest_id)  # an older version is still available, from the cache
     assert older.changed and active_manifest(cache).id == first.manifest_id
