@@ -31,6 +31,19 @@ class ModelNotFoundError(GnomonError):
     exit_code = 2
 
 
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter (CUDA probing, graph notes) unless asked for.
+
+    Only effective before TensorFlow is imported; an explicit ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1
+    is respected.
+    """
+    import os
+    import sys
+
+    if "tensorflow" not in sys.modules and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("", "2"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+
 # -- building ---------------------------------------------------------------
 def build_model(engine, architecture: str, input_shape, n_classes: int):
     """Build the registered architecture ``architecture`` for ``input_shape`` (h, w, c) and ``n_classes``."""
@@ -223,11 +236,21 @@ def early_stopping(patience: int, *, monitor: str, min_delta: float = 0.0):
 
 
 # -- evaluation -------------------------------------------------------------
-def predict(model, x, batch_size: int = 256):
-    """Class probabilities for ``x`` (NHWC float32), in batches."""
+def predict(model, x, batch_size: int = 256, ctx=None):
+    """Class probabilities for ``x`` (NHWC float32), in batches; with ``ctx``, a rich progress bar."""
     import numpy as np
 
-    return np.asarray(model.predict(x, batch_size=int(batch_size), verbose=0), dtype=np.float32)
+    if ctx is None:
+        return np.asarray(model.predict(x, batch_size=int(batch_size), verbose=0), dtype=np.float32)
+    import keras
+
+    with ctx.progress("predicting", total=-(-len(x) // int(batch_size))) as advance:
+        class _Advance(keras.callbacks.Callback):
+            def on_predict_batch_end(self, batch, logs=None):
+                advance(1)
+
+        probs = model.predict(x, batch_size=int(batch_size), verbose=0, callbacks=[_Advance()])
+    return np.asarray(probs, dtype=np.float32)
 
 
 def metrics_from_probs(probs, y, n_classes: int | None = None) -> dict[str, float]:
@@ -257,14 +280,15 @@ def attack_success_rate(preds, y, triggered, target_class: int) -> float | None:
     return float(np.mean(np.asarray(preds)[mask] == int(target_class)))
 
 
-def evaluate(model, dataset, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model, dataset, batch_size: int = 256, ctx=None) -> dict[str, float]:
     """Evaluate ``model`` on an :class:`~gnomon.core.datasets.ImageDataset`.
 
     Returns loss, accuracy, precision, recall and auc; when the dataset's metadata names a
     ``target_class`` and marks triggered samples (``poisoned_files``), also
     ``attack_success_rate`` (see :func:`attack_success_rate`), ``n_triggered`` and
     ``accuracy_clean`` (accuracy on the samples without a trigger).
-    Images are converted to the model's input size and channels if needed.
+    Images are converted to the model's input size and channels if needed. With ``ctx`` (a
+    RunContext), prediction shows a progress bar.
     """
     import numpy as np
 
@@ -274,7 +298,7 @@ def evaluate(model, dataset, batch_size: int = 256) -> dict[str, float]:
         raise GnomonError("cannot evaluate on an empty dataset")
     if int(y.max()) >= n:
         raise GnomonError(f"dataset has class index {int(y.max())} but the model predicts only {n} classes")
-    probs = predict(model, fit_to_model(dataset.x, model), batch_size)
+    probs = predict(model, fit_to_model(dataset.x, model), batch_size, ctx=ctx)
     out = metrics_from_probs(probs, y, n)
     out["n_samples"] = float(len(y))
     metadata = getattr(dataset, "metadata", None) or {}

@@ -95,11 +95,26 @@ def test_train_register_infer_on_artifact_and_directory(gnomon_engine_factory):
     for key in ("accuracy", "attack_success_rate", "loss"):
         assert on_artifact.metrics[key] == pytest.approx(direct[key], rel=1e-6), key
 
+    # train on the artifact (load_dataset_from_mlruns), registered under a tag
+    on_data = engine.run("train", {"model_architecture": "shallow_net", "epochs": 0.5, "model_tag": "art",
+                                   "load_dataset_from_mlruns": True, "training_dataset_run_id": written.run_id,
+                                   "dataset_tar_name": "testing_adversarial.tar", "dataset_name": "adv_testing"})
+    assert on_data.metrics["n_train"] + on_data.metrics["n_validation"] == 300
+    assert on_data.outputs["model_name"] == "test_art_shallow_net"
+
+
+def test_early_stopping_stops_and_restores(gnomon_engine):
+    """min_delta larger than any possible gain: stops after patience + 1 epochs."""
+    result = gnomon_engine.run("train", {"model_architecture": "shallow_net", "epochs": 6, "batch_size": 200,
+                                         "early_stopping_patience": 1, "early_stopping_min_delta": 100.0,
+                                         "register_model": False})
+    assert result.metrics["epochs_completed"] == 2
+
 
 def test_fractional_epoch_and_seed_change_results(gnomon_engine):
     """shallow_net, 0.5 epoch: half the batches; another seed gives another model."""
     params = {"model_architecture": "shallow_net", "epochs": 0.5, "batch_size": 100, "validation_split": 0.0,
-              "optimizer": "sgd", "learning_rate": 0.1}
+              "optimizer": "sgd", "learning_rate": 0.1, "register_model": False}
     a = gnomon_engine.run("train", {**params, "seed": 1})
     assert a.metrics["train_steps"] == 5 and a.metrics["epochs_completed"] == 1
     assert "model_version" not in a.outputs and a.outputs["model_uri"].startswith("models:/")

@@ -45,6 +45,8 @@ class TrainSchema(TaskSchema, ModelArchitecture, Training,
 
     data_dir_test = fields.String(load_default=None, allow_none=True, metadata={
         "description": "Folder of class subfolders of test images. Default: MNIST 'testing'."})
+    register_model = Bool(load_default=True, metadata={
+        "description": "Register the trained model in the MLflow model registry (a new version each run)."})
     validation_split = fields.Float(load_default=0.2, validate=validate.Range(0.0, 1.0, max_inclusive=False),
                                     metadata={"description": "Fraction of the training data held out for "
                                                              "validation (seeded, stratified), in [0, 1)."})
@@ -169,6 +171,7 @@ def train(ctx, **p) -> dict[str, Any]:
     from gnomon.core import models as M
     from gnomon.core.datasets import resolve_dataset, train_validation_split
 
+    M.quiet_tensorflow()
     ctx.seed_tensorflow()
     train_all = resolve_dataset(ctx, p, run_id_field="training_dataset_run_id", data_dir_field="data_dir_train",
                                 default_split="training")
@@ -229,8 +232,7 @@ def train(ctx, **p) -> dict[str, Any]:
     ctx.log_metrics({"training_time_s": training_time, "epochs_completed": epochs_done,
                      "mean_epoch_time_s": training_time / max(epochs_done, 1)})
 
-    with ctx.progress("evaluating on the test set", total=None):
-        metrics = M.evaluate(model, test, batch_size=max(batch_size, 256))
+    metrics = M.evaluate(model, test, batch_size=max(batch_size, 256), ctx=ctx)
     _log_eval(ctx, metrics)
     ctx.info(f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
 
@@ -283,6 +285,7 @@ def infer(ctx, **p) -> dict[str, Any]:
     from gnomon.core import models as M
     from gnomon.core.datasets import resolve_dataset
 
+    M.quiet_tensorflow()
     ctx.seed_tensorflow()
     name, version = M.resolve_model_ref(ctx.engine, p["model"])
     tags = M.model_version_tags(ctx.engine, f"{name}/{version}")
@@ -293,7 +296,7 @@ def infer(ctx, **p) -> dict[str, Any]:
     if tags.get(M.TAG_CLASS_NAMES):
         dataset = _align_classes(dataset, json.loads(tags[M.TAG_CLASS_NAMES]), "the dataset")
     ctx.info(f"evaluating {name}/{version} on {len(dataset)} images")
-    metrics = M.evaluate(model, dataset, batch_size=p["batch_size"])
+    metrics = M.evaluate(model, dataset, batch_size=p["batch_size"], ctx=ctx)
     _log_eval(ctx, metrics)
     ctx.log_json({"model": f"{name}/{version}", "metrics": metrics,
                   "dataset": {"n": len(dataset), "classes": dataset.class_names,
@@ -388,6 +391,7 @@ def init_model(ctx, **p) -> dict[str, Any]:
     from gnomon.core import models as M
     from gnomon.core.datasets import resolve_dataset
 
+    M.quiet_tensorflow()
     ctx.seed_tensorflow()
     dataset = resolve_dataset(ctx, p, run_id_field="run_id", default_split="testing")
     weights = p["weights"]
@@ -409,7 +413,7 @@ def init_model(ctx, **p) -> dict[str, Any]:
             raise ValueError(f"weights '{weights}' do not fit {p['model_architecture']} with image_size="
                              f"{image_size}, num_classes={num_classes}: {exc}") from exc
     M.compile_model(model, "adam", 0.001)
-    metrics = M.evaluate(model, dataset, batch_size=p["batch_size"])
+    metrics = M.evaluate(model, dataset, batch_size=p["batch_size"], ctx=ctx)
     _log_eval(ctx, metrics)
     ctx.info(f"accuracy {metrics['accuracy']:.4f} on {len(dataset)} images")
     name = M.registered_model_name(ctx.experiment_name, p["model_architecture"], p["model_tag"])
