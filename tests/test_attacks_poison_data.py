@@ -10,7 +10,6 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
-
 from gnomon.core.errors import ParamValidationError
 
 PATTERN = {(26, 26), (25, 25), (26, 24), (24, 26)}  # add_pattern_bd, distance 2, on 28x28
@@ -159,3 +158,52 @@ def test_dataset_of_the_wrong_shape_is_refused(gnomon_engine, tmp_path):
         run_poison(gnomon_engine, tmp_path)
     assert "trigger" in info.value.errors and "3x3" in " ".join(info.value.errors["trigger"])
     assert n_runs(gnomon_engine) == 0
+
+
+def stripe_trigger(rows: int = 1):
+    """A plugin's trigger: the bottom ``rows`` rows set to 1."""
+
+    def apply(x):
+        out = np.array(x, copy=True)
+        out[:, -rows:, :, :] = 1.0
+        return out
+
+    return apply
+
+
+def make_stripe_plugin():
+    import types
+
+    from gnomon.core.hookspecs import hookimpl
+    from gnomon.core.registry import AttackSpec
+
+    module = types.ModuleType("stripe_plugin")
+
+    @hookimpl
+    def register_attacks(register):
+        register(AttackSpec(name="stripe", kind="trigger", factory=stripe_trigger, summary="bottom rows white"))
+
+    module.register_attacks = register_attacks
+    return module
+
+
+def test_a_plugin_trigger_is_accepted_and_applied(gnomon_engine_factory, mnist_sample_dirs, mnist_sample_arrays):
+    engine = gnomon_engine_factory(plugins=[make_stripe_plugin()])
+    assert "stripe" in engine.registry.names("attack", sub_kind="trigger")
+    result = run_poison(engine, mnist_sample_dirs["testing"], poison_fraction=0.05, trigger="stripe",
+                        trigger_options='{"rows": 2}')
+    data = read_back(engine, result)
+    images = mnist_sample_arrays["testing"][0].astype(np.float32) / 255.0
+    poisoned = set(data.metadata["poisoned_files"])
+    assert len(poisoned) == 15 and data.metadata["trigger"] == "stripe"
+    assert data.metadata["trigger_options"] == {"rows": 2}
+    for k, name in enumerate(data.files):
+        x, ref = data.x[k, ..., 0], images[original_index(name)]
+        if name in poisoned:
+            assert np.all(x[-2:] == 1.0)
+            np.testing.assert_array_equal(x[:-2], ref[:-2])
+        else:
+            np.testing.assert_array_equal(x, ref)
+    with pytest.raises(ParamValidationError) as info:
+        run_poison(engine, mnist_sample_dirs["testing"], trigger="stripe", trigger_options='{"cols": 2}')
+    assert "accepts: rows" in " ".join(info.value.errors["trigger_options"])

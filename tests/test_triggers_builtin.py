@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from gnomon.core.errors import UnknownNameError
 from gnomon.core.plugins import load_plugins
-from gnomon.plugins.builtin.triggers import (BUNDLED_IMAGE, TriggerError, image_trigger, make_trigger,
-                                             pattern_trigger, single_pixel_trigger)
+from gnomon.plugins.builtin.triggers import (
+    BUNDLED_IMAGE,
+    TriggerError,
+    image_trigger,
+    make_trigger,
+    pattern_trigger,
+    single_pixel_trigger,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +76,16 @@ def test_image_trigger_changes_only_the_opaque_part_of_the_picture(mnist_x):
     bright = alpha & (rgba[..., :3].sum(axis=-1) > 0)
     out = image_trigger()(mnist_x)  # bottom_right, margin 1: rows/cols 19..26
     assert out.shape == mnist_x.shape
-    allowed = {(19 + r, 19 + c) for r, c in zip(*np.nonzero(alpha))}
+    allowed = {(19 + r, 19 + c) for r, c in zip(*np.nonzero(alpha), strict=True)}
     changed = changed_pixels(mnist_x, out)
     assert changed and changed <= allowed
     # on digits whose corner is black, every bright trigger pixel shows up and its black ones do not
     blank = np.flatnonzero(mnist_x[:, 19:27, 19:27, 0].max(axis=(1, 2)) == 0)
     assert len(blank) > 0
-    assert changed_pixels(mnist_x[blank], out[blank]) == {(19 + r, 19 + c) for r, c in zip(*np.nonzero(bright))}
+    assert changed_pixels(mnist_x[blank], out[blank]) == {(19 + r, 19 + c) for r, c in zip(*np.nonzero(bright), strict=True)}
     rgb = np.repeat(mnist_x, 3, axis=-1)
     out_rgb = image_trigger(position="top_left", margin=0)(rgb)
-    assert changed_pixels(rgb, out_rgb) <= {(r, c) for r, c in zip(*np.nonzero(alpha))}
+    assert changed_pixels(rgb, out_rgb) <= {(r, c) for r, c in zip(*np.nonzero(alpha), strict=True)}
     # a yellow picture on black RGB pixels: red raised, blue not
     r, c = map(int, np.argwhere(bright)[0])
     assert rgb[0, r, c].max() == 0 and out_rgb[0, r, c, 0] > 0.5 and out_rgb[0, r, c, 2] == 0

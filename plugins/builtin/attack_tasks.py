@@ -25,11 +25,18 @@ import math
 import time
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-
-from gnomon.core.fields import Bool, Fraction, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName, current_registry
+from gnomon.core.fields import (
+    Bool,
+    Fraction,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    RegistryName,
+    current_registry,
+)
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .triggers import DEFAULT_TRIGGER, TRIGGER_KIND, TriggerError, make_trigger
 
@@ -264,7 +271,6 @@ def gen_poison_test_data(ctx: Any, **params: Any) -> dict[str, Any]:
     """Trigger ``poison_fraction`` of a dataset with ART's PoisoningAttackBackdoor; write it as an artifact."""
     import numpy as np
     from art.attacks.poisoning import PoisoningAttackBackdoor
-
     from gnomon.core.datasets import write_dataset_artifact
     from gnomon.core.models import one_hot
 
@@ -412,9 +418,17 @@ def _embedding_losses(attack: Any, model: Any, params: dict[str, Any]) -> None:
 def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
     """Train a backdoored model with ART's adversarial embedding; evaluate it clean and triggered; register it."""
     import numpy as np
-
-    from gnomon.core.models import (build_model, compile_model, epochs_to_run, evaluate, log_and_register,
-                                    one_hot, registered_model_name, total_steps, training_callback)
+    from gnomon.core.models import (
+        build_model,
+        compile_model,
+        epochs_to_run,
+        evaluate,
+        log_and_register,
+        one_hot,
+        registered_model_name,
+        total_steps,
+        training_callback,
+    )
 
     train = _load(ctx, params, run_id_field="training_dataset_run_id", data_dir_field="data_dir_train",
                   default_split="training")
@@ -481,7 +495,6 @@ def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
 def _triggered_copy(dataset: Any, trigger: Any, target: int, params: dict[str, Any]):
     """Every sample of ``dataset`` with the trigger applied (true labels kept), marked for ASR."""
     import numpy as np
-
     from gnomon.core.datasets import quantize
 
     x = np.empty_like(dataset.x)
@@ -565,7 +578,7 @@ def check_poison_clean_data(engine: Any, params: dict[str, Any]) -> dict[str, st
     if dataset.n_classes > n_model_classes:
         problems["model"] = (f"the dataset has {dataset.n_classes} classes but proxy model '{params['model']}' "
                              f"predicts {n_model_classes}")
-    if any(s is not None and s != d for s, d in zip(shape, dataset.image_shape)):
+    if any(s is not None and s != d for s, d in zip(shape, dataset.image_shape, strict=False)):
         where = "dataset_name" if params.get("load_dataset_from_mlruns") else "data_dir"
         problems[where] = (f"dataset images are {dataset.image_shape} but proxy model '{params['model']}' takes "
                            f"{tuple(shape)}; use data of the model's shape")
@@ -588,7 +601,6 @@ def gen_poison_clean_data(ctx: Any, **params: Any) -> dict[str, Any]:
     """Clean-label poisons with ART's PoisoningAttackCleanLabelBackdoor: PGD on a proxy model, then the trigger."""
     import numpy as np
     from art.attacks.poisoning import PoisoningAttackBackdoor, PoisoningAttackCleanLabelBackdoor
-
     from gnomon.core.datasets import write_dataset_artifact
     from gnomon.core.models import load_registered_model, one_hot, resolve_model_ref
 
