@@ -31,14 +31,14 @@ def n_runs(engine) -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mnist_sample_dirs):
-    """A module-wide store holding a le_net trained 2 epochs on the sample (registered as version 1)."""
+    """A module-wide store holding a le_net trained 1 epoch on the sample (registered as version 1)."""
     home = tmp_path_factory.mktemp("attack-models-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("GNOMON_HOME", str(home))
     try:
         engine = make_engine()
         result = engine.run("train", {"data_dir_train": str(mnist_sample_dirs["training"]),
-                                      "data_dir_test": str(mnist_sample_dirs["testing"]), "epochs": 2,
+                                      "data_dir_test": str(mnist_sample_dirs["testing"]), "epochs": 1,
                                       "batch_size": 32, "validation_split": 0.0, "register_model": True,
                                       "model_tag": "proxy", "seed": 1})
     finally:
