@@ -5,13 +5,17 @@ Uses small real tasks (tests/test_workflows_support.py) on a throwaway MLflow st
 
 from __future__ import annotations
 
-import mlflow
 import pytest
-
 from gnomon.core.workflows import (
-    WorkflowFileError, WorkflowStepError, WorkflowValidationError, apply_overrides, parse_workflow, run_workflow,
+    WorkflowFileError,
+    WorkflowStepError,
+    WorkflowValidationError,
+    apply_overrides,
+    parse_workflow,
+    run_workflow,
 )
 from gnomon.core.workflows.cache import cache_key
+
 from tests import test_workflows_support as support
 
 CHAIN = '''

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
@@ -73,7 +73,7 @@ def show_workflow(
 @handle_errors
 def validate_cmd(
     name: str = typer.Argument(..., help="Workflow name or TOML file."),
-    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
+    param: List[str] | None = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
 ) -> None:
     """Check every step's parameters and references without running anything."""
     from gnomon.core.params import parse_cli_params
@@ -90,11 +90,11 @@ def validate_cmd(
 @handle_errors
 def run_cmd(
     name: str = typer.Argument(..., help="Workflow name (see 'gnomon workflow list') or TOML file."),
-    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+    param: List[str] | None = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
+    experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (default: gnomon)."),
     resume: bool = typer.Option(False, "--resume", help="Skip steps already finished with identical inputs."),
-    report_dir: Optional[Path] = typer.Option(None, "--report-dir",
+    report_dir: Path | None = typer.Option(None, "--report-dir",
                                               help="Where to write the report (default: $GNOMON_HOME/reports/RUN_ID)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not build the report."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
@@ -139,9 +139,9 @@ def _print_report(out, report) -> None:
 @handle_errors
 def report_cmd(
     run_id: str = typer.Argument(..., help="Parent run id of a workflow (printed by 'gnomon workflow run')."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the report (default: "
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the report (default: "
                                                                         "$GNOMON_HOME/reports/RUN_ID)."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+    experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (only used to reach the store)."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report on the run again."),
 ) -> None:

@@ -291,7 +291,7 @@ def example_images(engine, client, steps: list[StepRecord], n: int) -> tuple[lis
                 readers.append(_Images(engine, client, source, folder))
             chosen = _choose_examples(readers, sources, n)
             rows = []
-            for source, reader in zip(sources, readers):
+            for source, reader in zip(sources, readers, strict=True):
                 images = []
                 for rel in chosen:
                     found = reader.find(rel)
@@ -305,7 +305,7 @@ def example_images(engine, client, steps: list[StepRecord], n: int) -> tuple[lis
 
 
 def _choose_examples(readers: list[_Images], sources: list[_Source], n: int) -> list[str]:
-    triggered = next((r for r, s in zip(readers, sources) if s.label == "triggered"), None) or \
+    triggered = next((r for r, s in zip(readers, sources, strict=True) if s.label == "triggered"), None) or \
         next((r for r in readers if r.metadata.get("poisoned_files")), None) or readers[0]
     meta = triggered.metadata
     target = meta.get("target_class")

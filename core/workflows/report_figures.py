@@ -37,7 +37,7 @@ def results_chart(rows: list[ResultRow]) -> bytes | None:
     plt = _pyplot()
     models = list(dict.fromkeys(r.model for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(max(5.0, 4.2 * len(models)), 4.0), squeeze=False, sharey=True)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         mine = [r for r in rows if r.model == model]
         x = np.arange(len(mine))
         acc = [r.clean_accuracy if r.clean_accuracy is not None else np.nan for r in mine]
@@ -45,7 +45,7 @@ def results_chart(rows: list[ResultRow]) -> bytes | None:
         b1 = ax.bar(x - 0.2, acc, 0.4, label="clean accuracy", color="#2b8cbe")
         b2 = ax.bar(x + 0.2, asr, 0.4, label="attack success rate", color="#e34a33")
         for bars, values in ((b1, acc), (b2, asr)):
-            for bar, value in zip(bars, values):
+            for bar, value in zip(bars, values, strict=True):
                 if not np.isnan(value):
                     ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.2f}", ha="center",
                             va="bottom", fontsize=8)

@@ -82,11 +82,8 @@ def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, 
         if task is None or not ref_ok:
             continue
         schema_fields = task.schema().fields
-        params = {
-            key: substitute(value, lambda ref, key=key: _placeholder(ref, variables, schema_fields.get(key),
-                                                                      engine.registry))
-            for key, value in step.params.items()
-        }
+        params = {key: _with_placeholders(value, variables, schema_fields.get(key), engine.registry)
+                  for key, value in step.params.items()}
         try:
             values = engine.validate(task, params, preflight=False)
         except ParamValidationError as exc:
@@ -134,6 +131,10 @@ def _ref_problem(ref: Ref, index: int, names: list[str], variables: dict[str, An
         return (f"{ref.text} refers to step '{ref.target}' (#{target + 1}), which runs later; "
                 "a step can only use earlier steps' results")
     return None
+
+
+def _with_placeholders(value: Any, variables: dict[str, Any], field: Any, registry) -> Any:
+    return substitute(value, lambda ref: _placeholder(ref, variables, field, registry))
 
 
 def _placeholder(ref: Ref, variables: dict[str, Any], field: Any, registry) -> Any:
