@@ -123,3 +123,45 @@ def test_synced_bundle_runs_like_on_a_worker(tmp_path, gnomon_image_folder):
     assert out["source"] == "directory" and "entry point" in out["shadows"]
     assert Path(out["file"]).is_relative_to(pulled)  # the synced copy, not the installed one
     assert (out["status"], out["n"]) == ("FINISHED", 4.0)
+
+
+WORKFLOW = """
+[workflow]
+name = "squeeze_twice"
+description = "Two feature-squeezing steps, the second reading the first one's dataset artifact."
+
+[vars]
+data_dir = ""
+first_bits = 4
+
+[steps.first]
+task = "feature_squeezing"
+params = { data_dir = "${vars.data_dir}", feature_squeezing_bit_depth = "${vars.first_bits}" }
+
+[steps.second]
+task = "feature_squeezing"
+params = { load_dataset_from_mlruns = true, dataset_run_id = "${steps.first.run_id}", feature_squeezing_bit_depth = 1, dataset_tar_name = "${steps.first.outputs.dataset_tar_name}", dataset_name = "${steps.first.outputs.dataset_name}" }
+"""
+
+
+def test_contrib_task_runs_in_a_workflow(gnomon_cli, gnomon_image_folder, tmp_path):
+    from gnomon.core.datasets import read_dataset_artifact
+    from gnomon.core.engine import Engine
+    from gnomon.core.plugins import load_plugins
+
+    folder = gnomon_image_folder(n_classes=2, per_class=3)
+    workflow = tmp_path / "squeeze_twice.toml"
+    workflow.write_text(WORKFLOW)
+    ran = gnomon_cli("workflow", "run", str(workflow), "-P", f"data_dir={folder}", "-P", "first_bits=3",
+                     "--no-report", "--json")
+    assert ran.exit_code == 0, ran.output
+    result = json.loads(ran.stdout)
+    assert result["status"] == "FINISHED"
+    first, second = result["steps"]
+    assert [s["task"] for s in result["steps"]] == ["feature_squeezing"] * 2
+    assert second["params"]["dataset_run_id"] == first["run_id"] and second["inputs"] == {"first": first["run_id"]}
+    engine = Engine(load_plugins(environ={}), show_progress=False)
+    out = read_dataset_artifact(engine, second["run_id"], second["outputs"]["dataset_tar_name"],
+                                second["outputs"]["dataset_name"])
+    assert [d["options"]["bit_depth"] for d in out.metadata["defenses"]] == [3, 1]
+    assert set(out.x.ravel().tolist()) <= {0.0, 1.0}
