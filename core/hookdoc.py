@@ -116,7 +116,7 @@ def render_markdown() -> str:
              "## Hooks", ""]
     parts += [f"- [`{h.name}`](#{h.name}) - {_inline(h.summary)}" for h in docs]
     for h in docs:
-        parts += ["", f"## {h.name}", "", "```python", "@hookimpl", f"def {h.signature}:", "```", "",
+        parts += ["", f"## {h.name}", "", "```python", "@hookimpl", f"def {h.signature}: ...", "```", "",
                   _inline(h.summary)]
         if h.body:
             parts += ["", _rst_to_markdown(h.body)]
