@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,17 +78,37 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
-def _list_class(root: Path, label: int, cls: str) -> dict[str, tuple[int, int, int]]:
-    """``{"<cls>/<name>": (label, size, mtime_ns)}`` for the images in ``root/cls``."""
-    out = {}
+def _list_class(root: Path, cls: str) -> tuple[list[str], list[int], list[int]]:
+    """Names, sizes and mtimes (ns) of the images in ``root/cls``, in directory order."""
+    names, sizes, mtimes = [], [], []
     with os.scandir(root / cls) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or not entry.is_file():
                 continue
             st = entry.stat()
-            out[f"{cls}/{name}"] = (label, st.st_size, st.st_mtime_ns)
-    return out
+            names.append(name)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+    return names, sizes, mtimes
+
+
+def sort_names(names: list[str]) -> list[str]:
+    """File names in natural order (``2.png`` before ``10.png``).
+
+    Fast path (all C-level) when every name is ``<number>.<ext>`` with one extension and no
+    leading zeros, as in MNIST: then natural order is (length, text) order.
+    """
+    if not names:
+        return []
+    stem, dot, ext = names[0].partition(".")
+    if dot and ext.isalpha():
+        numbered = re.compile(r"^(?:0|[1-9][0-9]*)\." + re.escape(ext) + "$", re.MULTILINE)
+        if len(numbered.findall("\n".join(names))) == len(names):
+            out = sorted(names)
+            out.sort(key=len)
+            return out
+    return sorted(names, key=natural_key)
 
 
 def class_names_for(manifest: dict[str, Any], folders: list[str]) -> list[str]:
@@ -96,16 +117,24 @@ def class_names_for(manifest: dict[str, Any], folders: list[str]) -> list[str]:
     return names + sorted(c for c in folders if c not in names)
 
 
-def order_files(manifest: dict[str, Any], found: Any, per_class: list[tuple[str, Any]]) -> list[str]:
-    """Dataset order: the manifest's ``files`` if it lists exactly ``found``; else by class
-    (``per_class`` is ``[(class, relative names)]`` in label order), then natural name order."""
+def manifest_order(manifest: dict[str, Any], found: Any) -> list[str] | None:
+    """The manifest's ``files`` if it lists exactly the files ``found``, else None."""
     listed = manifest.get("files")
     if isinstance(listed, list) and len(listed) == len(found) and set(listed) == set(found):
         return [str(f) for f in listed]
+    return None
+
+
+def order_files(manifest: dict[str, Any], found: Any, per_class: list[tuple[str, Any]]) -> list[str]:
+    """Dataset order: the manifest's ``files`` if it lists exactly ``found``; else by class
+    (``per_class`` is ``[(class, "<class>/<name>" paths)]`` in label order), then natural name order."""
+    listed = manifest_order(manifest, found)
+    if listed is not None:
+        return listed
     files: list[str] = []
-    for cls, names in per_class:
+    for cls, rels in per_class:
         cut = len(cls) + 1
-        files.extend(sorted(names, key=lambda f: natural_key(f[cut:])))
+        files.extend(f"{cls}/{name}" for name in sort_names([r[cut:] for r in rels]))
     return files
 
 
@@ -125,24 +154,39 @@ def scan_folder(path: str | Path) -> FolderScan:
     class_names = class_names_for(manifest, folders)
     if not class_names:
         raise DatasetError(f"dataset folder '{root}' has no class subfolders (expected <folder>/<class>/<image files>)")
-    found: dict[str, tuple[int, int, int]] = {}
     existing = [(label, cls) for label, cls in enumerate(class_names) if (root / cls).is_dir()]
     if len(existing) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         # stat() releases the GIL: list the class folders concurrently
-        with ThreadPoolExecutor(max_workers=min(8, len(existing))) as pool:
-            listings = list(pool.map(lambda item: _list_class(root, *item), existing))
+        with ThreadPoolExecutor(max_workers=min(4, len(existing))) as pool:
+            listings = list(pool.map(lambda item: _list_class(root, item[1]), existing))
     else:
-        listings = [_list_class(root, *item) for item in existing]
-    for listing in listings:
-        found.update(listing)
-    if not found:
+        listings = [_list_class(root, cls) for _, cls in existing]
+    total = sum(len(names) for names, _, _ in listings)
+    if not total:
         raise DatasetError(f"dataset folder '{root}' has class folders ({', '.join(folders[:5])}"
                            f"{', ...' if len(folders) > 5 else ''}) but no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-    files = order_files(manifest, found, [(cls, listing) for (_, cls), listing in zip(existing, listings, strict=True)])
-    labels = np.fromiter((found[f][0] for f in files), dtype=np.int64, count=len(files))
-    stats = [found[f][1:] for f in files]
+    if manifest.get("files"):
+        found = {f"{cls}/{n}": (label, size, mtime)
+                 for (label, cls), (names, sizes, mtimes) in zip(existing, listings, strict=True)
+                 for n, size, mtime in zip(names, sizes, mtimes, strict=True)}
+        listed = manifest_order(manifest, found)
+        if listed is not None:
+            labels = np.fromiter((found[f][0] for f in listed), dtype=np.int64, count=len(listed))
+            return FolderScan(root, class_names, listed, labels, [found[f][1:] for f in listed], manifest,
+                              manifest_stat)
+    files: list[str] = []
+    stats: list[tuple[int, int]] = []
+    labels = np.empty(total, dtype=np.int64)
+    at = 0
+    for (label, cls), (names, sizes, mtimes) in zip(existing, listings, strict=True):
+        position = {n: i for i, n in enumerate(names)}
+        ordered = sort_names(names)
+        files.extend([f"{cls}/{n}" for n in ordered])
+        stats.extend([(sizes[position[n]], mtimes[position[n]]) for n in ordered])
+        labels[at:at + len(ordered)] = label
+        at += len(ordered)
     return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat)
 
 
