@@ -323,3 +323,43 @@ def test_silent_server_times_out_with_hint(tmp_path, monkeypatch):
         with pytest.raises(MnistSourceError, match="could not download .*timed out.*GNOMON_MNIST_SOURCE"):
             prepare_mnist(tmp_path / "m", url, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_same_data_from_another_folder_updates_marker_only(tmp_path):
+    dest = tmp_path / "mnist"
+    prepare_mnist(dest, str(SAMPLE_IDX), progress=False)
+    other = _copy_sample(tmp_path / "copy", (SAMPLE_IDX / "SHA256SUMS").read_text())
+    png = next((dest / "training" / "1").iterdir())
+    stamp = png.stat().st_mtime_ns
+    result = prepare_mnist(dest, str(other), progress=False)
+    assert not result.created and result.source == str(other)
+    assert png.stat().st_mtime_ns == stamp
+    assert json.loads((dest / ".gnomon-mnist.json").read_text())["source"] == str(other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "mnist"]  # no build folder left
+    # and then it is a cheap no-op for that source too
+    assert not prepare_mnist(dest, str(other), progress=False).created
+
+
+def test_different_data_replaces_a_prepared_folder(tmp_path):
+    dest = tmp_path / "mnist"
+    prepare_mnist(dest, str(SAMPLE_IDX), progress=False)
+    # a smaller 'MNIST': the first 100/30 images, vouched for by its own SHA256SUMS
+    import hashlib
+
+    small = tmp_path / "small"
+    small.mkdir()
+    sums = []
+    for base in BASENAMES:
+        data = gzip.decompress((SAMPLE_IDX / f"{base}.gz").read_bytes())
+        n = 100 if base.startswith("train") else 30
+        if "images" in base:
+            data = data[:4] + n.to_bytes(4, "big") + data[8:16] + data[16:16 + n * 784]
+        else:
+            data = data[:4] + n.to_bytes(4, "big") + data[8:8 + n]
+        (small / base).write_bytes(data)
+        sums.append(f"{hashlib.sha256(data).hexdigest()}  {base}\n")
+    (small / "SHA256SUMS").write_text("".join(sums))
+    result = prepare_mnist(dest, str(small), progress=False)
+    assert result.created and result.counts == {"training": 100, "testing": 30}
+    assert len(list(dest.rglob("*.png"))) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist", "small"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import idx
-from ._util import resolve_progress, run_chunks, worker_count
+from ._util import atomic_write_bytes, resolve_progress, run_chunks, worker_count
 from .errors import DatasetError, MnistSourceError
 
 MARKER = ".gnomon-mnist.json"
@@ -230,12 +230,13 @@ def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, progress_f
 
 
 def _remove_stale_partials(dest: Path) -> None:
-    """Delete build folders of earlier runs that died (their process no longer exists)."""
-    prefix = f".{dest.name}.partial-"
+    """Delete build (and moved-aside) folders of earlier runs that died (their process no longer exists)."""
+    prefixes = (f".{dest.name}.partial-", f".{dest.name}.old-")
     if not dest.parent.is_dir():
         return
     for entry in dest.parent.iterdir():
-        if not entry.name.startswith(prefix):
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        if prefix is None:
             continue
         try:
             pid = int(entry.name[len(prefix):].split("-")[0])
@@ -281,7 +282,7 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
         if marker is not None and not force and marker["hashes"] == hashes:
             # same data from another place: nothing to rewrite, remember the new source
             marker["source"], marker["source_key"] = where, _source_key(source) if source else None
-            (dest / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+            atomic_write_bytes(dest / MARKER, json.dumps(marker, indent=2, sort_keys=True).encode())
             return PrepareResult(dest, False, hashes, marker.get("counts", {}), where)
         counts = {}
         for split, (img_name, lab_name) in idx.SPLIT_FILES.items():
@@ -298,9 +299,9 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
                        "layout": "<split>/<label>/<index>.png, 28x28 8-bit grayscale"}
         (build / MARKER).write_text(json.dumps(marker_data, indent=2, sort_keys=True))
         _swap_into_place(build, dest, None if force else hashes)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
+    finally:
+        if build.exists():  # failed, interrupted, or nothing to do
+            shutil.rmtree(build, ignore_errors=True)
     return PrepareResult(dest, True, hashes, counts, where)
 
 
