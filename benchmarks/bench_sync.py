@@ -37,10 +37,20 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def run(argv: list[str], env: dict) -> float:
+CPU: dict[str, list[float]] = {}
+
+
+def run(argv: list[str], env: dict, label: str | None = None) -> float:
+    """Wall seconds of a command; its CPU seconds (user + system) are recorded under ``label``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds, done = timed(subprocess.run, argv, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
+    if label:
+        CPU.setdefault(label, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return seconds
 
 
@@ -99,12 +109,14 @@ def main() -> None:
         first_gnomon, first_aws, first_aws_bundles = [], [], []
         for _ in range(args.repeat):
             first_gnomon.append(run([str(BIN / "gnomon"), "plugins", "sync",
-                                     f"s3://{s3.bucket}/g-{uuid.uuid4().hex[:8]}"], env))
-            first_aws.append(run(aws + [str(work / "files"), f"s3://{s3.bucket}/a-{uuid.uuid4().hex[:8]}/"], env))
+                                     f"s3://{s3.bucket}/g-{uuid.uuid4().hex[:8]}"], env, "gnomon"))
+            first_aws.append(run(aws + [str(work / "files"), f"s3://{s3.bucket}/a-{uuid.uuid4().hex[:8]}/"], env, "aws"))
             first_aws_bundles.append(run(aws + [str(bundles_dir), f"s3://{s3.bucket}/b-{uuid.uuid4().hex[:8]}/"], env))
         g, a, b = map(statistics.median, (first_gnomon, first_aws, first_aws_bundles))
         print(f"first sync   gnomon plugins sync {g:6.3f} s | aws s3 sync of the same files {a:6.3f} s "
               f"-> ratio {g / a:.2f} (target <= 1.0) {'PASS' if g / a <= 1.0 else 'FAIL'}")
+        cg, ca = statistics.median(CPU["gnomon"]), statistics.median(CPU["aws"])
+        print(f"             CPU time (user+sys): gnomon {cg:.3f} s | aws {ca:.3f} s -> ratio {cg / ca:.2f}")
         print(f"             (aws s3 sync of the {len(names)} finished bundle files: {b:.3f} s, ratio {g / b:.2f})")
 
         url = f"s3://{s3.bucket}/bench-{uuid.uuid4().hex[:8]}"

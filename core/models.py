@@ -174,7 +174,8 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
     ``epochs`` may be fractional: the last epoch stops after ``round(frac * steps_per_epoch)``
     batches (at least one). Per-epoch metrics are logged as ``{log_prefix}train_<metric>`` and
     ``{log_prefix}val_<metric>`` with ``step`` = epoch number (1-based), plus the epoch's wall
-    time (training and validation) as ``{log_prefix}epoch_time_s``.
+    time (training and validation) as ``{log_prefix}epoch_time_s`` and the process CPU time it
+    took as ``{log_prefix}epoch_cpu_time_s`` (robust to other load on the machine).
     """
     import time
 
@@ -188,12 +189,14 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
             self._epoch = 0
             self.steps = 0
             self._epoch_started = time.perf_counter()
+            self._epoch_cpu = time.process_time()
             self.epochs_logged: list[int] = []
             self.epoch_times: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
             self._epoch_started = time.perf_counter()
+            self._epoch_cpu = time.process_time()
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
@@ -203,11 +206,12 @@ def training_callback(ctx, advance, *, epochs: float, steps_per_epoch: int, log_
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self._epoch_started
+            cpu_seconds = time.process_time() - self._epoch_cpu
             self.epochs_logged.append(epoch + 1)
             self.epoch_times.append(seconds)
             if not logs or not ctx.run_id:
                 return
-            metrics = {f"{log_prefix}epoch_time_s": seconds}
+            metrics = {f"{log_prefix}epoch_time_s": seconds, f"{log_prefix}epoch_cpu_time_s": cpu_seconds}
             for key, value in logs.items():
                 if key == "learning_rate":
                     continue
