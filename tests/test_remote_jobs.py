@@ -119,7 +119,7 @@ def stack(tmp_path_factory, s3_server, redis_server, mlflow_server):
     assert "remote_demo" in [u["plugin"] for u in report["uploaded"]]
     worker_env = _env(s3_server, root / "worker-home", MLFLOW_TRACKING_URI=mlflow_server.url)
     worker = Worker(root / "w1", worker_env, redis_server.url, "e2e", url).wait_ready()
-    yield {"root": root, "site": site, "url": url, "manifest": report["manifest"], "submit_env": submit_env,
+    yield {"synced": report["uploaded"], "root": root, "site": site, "url": url, "manifest": report["manifest"], "submit_env": submit_env,
            "worker_env": worker_env, "worker": worker, "s3": s3_server, "redis": redis_server, "mlflow": mlflow_server}
     worker.stop()
 
@@ -148,6 +148,8 @@ def test_end_to_end_synced_plugin_runs_on_worker(stack):
     assert info["status"] == "finished" and info["run_id"]
     assert info["submitted_manifest"] == info["manifest"] == stack["manifest"]
     assert info["result"]["outputs"] == {"marker": "v1", "total": info["result"]["outputs"]["total"]}
+    synced = {e["plugin"] for e in stack["synced"]}
+    assert set(info["plugins"]) == synced and not any(p["broken"] for p in info["plugins"].values())
 
     # the run, its metrics and its artifact are on the tracking server...
     client, runs = _runs(stack, info["id"])
@@ -275,3 +277,31 @@ def test_killed_worker_job_is_retried_or_failed(stack):
     statuses = sorted(r.info.status for r in _runs(stack, retried.id)[1])
     assert statuses == ["FAILED", "FINISHED"]  # the killed attempt, then the retry
     assert [r.info.status for r in _runs(stack, lost.id)[1]] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_contrib_plugin_runs_on_worker(stack):
+    """The contrib feature-squeezing plugin (entry point) runs on the worker from its synced bundle."""
+    if "feature_squeezing" not in {e["plugin"] for e in stack["synced"]}:
+        pytest.skip("the contrib plugin gnomon-feature-squeezing is not installed here")
+    import numpy as np
+    from PIL import Image
+
+    data = stack["root"] / "tiny"
+    rng = np.random.default_rng(0)
+    for label in ("0", "1"):
+        (data / label).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(data / label / f"{i}.png")
+    done = _cli(["submit", "feature_squeezing", "-P", f"data_dir={data}", "-P", "feature_squeezing_bit_depth=1",
+                 "--queue", "e2e", "--redis", stack["redis"].url, "--plugins", stack["url"], "--wait",
+                 "--wait-timeout", "240", "--json"], stack["submit_env"], timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    info = json.loads(done.stdout)
+    assert info["status"] == "finished" and info["result"]["metrics"]["n_defended"] == 6.0
+    assert info["result"]["metrics"]["linf_max"] > 0  # 1-bit squeezing changed the random images
+    client, (run,) = _runs(stack, info["id"])
+    assert run.data.tags["gnomon.plugin"] == "feature_squeezing"
+    s3 = stack["s3"].client()
+    objects = s3.list_objects_v2(Bucket=stack["s3"].bucket, Prefix="mlflow-artifacts/").get("Contents", [])
+    assert any(run.info.run_id in o["Key"] and o["Key"].endswith(".tar.gz") for o in objects)

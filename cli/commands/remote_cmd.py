@@ -26,7 +26,9 @@ def _bundle_progress(total: int, description: str, quiet: bool):
     """A rich progress bar over ``total`` bundles on stderr; returns ``(context, callback)``."""
     import contextlib
 
-    if quiet or total == 0:
+    import sys
+
+    if quiet or total == 0 or not sys.stderr.isatty():  # nothing to draw for pipes and logs
         return contextlib.nullcontext(), None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -187,7 +189,10 @@ def _print_job(info: dict, as_json: bool) -> None:
         print_json(info)
         return
     out = console()
-    rows = [[k, v] for k, v in info.items() if k not in {"result", "params"} and v not in (None, "")]
+    rows = [[k, v] for k, v in info.items() if k not in {"result", "params", "plugins"} and v not in (None, "")]
+    if info.get("plugins"):
+        rows.append(["plugins", ", ".join(f"{n} {p['version']}" + (" (broken)" if p["broken"] else "")
+                                          for n, p in sorted(info["plugins"].items()))])
     rows.insert(2, ["params", " ".join(f"{k}={v}" for k, v in (info.get("params") or {}).items())])
     out.print(table(f"job {info['id']}", ["field", "value"], rows))
     result = info.get("result") or {}

@@ -117,7 +117,7 @@ def describe(job) -> dict[str, Any]:
         "submitted_manifest": meta.get("manifest"), "worker": job.worker_name or meta.get("worker"),
         "run_id": meta.get("run_id"), "experiment": meta.get("experiment"),
         "enqueued_at": _iso(job.enqueued_at), "started_at": _iso(job.started_at), "ended_at": _iso(job.ended_at),
-        "attempts": meta.get("attempts", 0), "error": None, "result": None,
+        "attempts": meta.get("attempts", 0), "plugins": meta.get("plugins"), "error": None, "result": None,
     }
     if info["status"] in {"failed", "stopped"} or meta.get("error"):
         info["error"] = error_text(job)

@@ -51,8 +51,11 @@ def endpoint_url(explicit: str | None = None) -> str | None:
 
 
 def make_client(endpoint: str | None = None, *, max_pool: int = 32):
-    """A thread-safe boto3 S3 client from the standard credential chain."""
-    import boto3
+    """A thread-safe S3 client from the standard credential chain.
+
+    Built with botocore directly: importing boto3 (and its s3transfer) costs more start-up
+    time than a whole no-op sync.
+    """
     from botocore.config import Config
 
     endpoint = endpoint_url(endpoint)
@@ -63,9 +66,30 @@ def make_client(endpoint: str | None = None, *, max_pool: int = 32):
         read_timeout=60,
         s3={"addressing_style": "path"} if endpoint else {},
     )
-    session = boto3.session.Session()
-    region = session.region_name or "us-east-1"
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    session = _botocore_session()
+    region = session.get_config_variable("region") or "us-east-1"
+    return session.create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+_LOADER = None
+
+
+def _botocore_session():
+    """A fresh botocore session (credentials resolved anew each time) sharing one model loader.
+
+    Parsing botocore's JSON service models is most of the cost of creating a client; the loader
+    caches them, so a process that makes several clients pays it once.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    global _LOADER
+    session = botocore.session.get_session()
+    if _LOADER is None:
+        _LOADER = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _LOADER)
+    return session
 
 
 def error_code(exc: BaseException) -> str:

@@ -63,6 +63,7 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
             plugins = load_plugins()
         engine = Engine(plugins, experiment=experiment, show_progress=False)
         engine.registry  # noqa: B018 - registration errors surface now
+        _save(job, plugins={i.name: {"version": i.version, "broken": i.error} for i in plugins.infos.values()})
         broken = [f"{i.name}: {i.error}" for i in plugins.broken]
         if broken and task not in engine.registry.tasks:
             raise RemoteError(f"broken plugins on this worker: {'; '.join(broken)}")
