@@ -17,6 +17,7 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/bench_workflow.py --mnist /work/shared/data/mnist [--epochs 3]
     .venv/bin/python benchmarks/bench_workflow.py --sample        # smoke run on the shipped 1,000/300 sample
+    ... --all-demos        # also run the adversarial_embedding and clean_label workflows
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--home", type=Path, help="GNOMON_HOME to use (default: a temporary folder)")
     parser.add_argument("--skip-separate", action="store_true", help="do not time the separate processes")
+    parser.add_argument("--all-demos", action="store_true",
+                        help="also run (and time) the adversarial_embedding and clean_label workflows")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     mnist = str(REPO / "tests" / "data" / "mnist_sample") if args.sample else args.mnist
@@ -130,6 +133,14 @@ def main(argv=None) -> int:
         print(f"20 separate 'gnomon run' processes: {figures['separate_s']:.1f} s "
               f"(per step: {', '.join(f'{s:.0f}' for s in per_step)} s)")
 
+    if args.all_demos:
+        for demo in ("adversarial_embedding", "clean_label"):
+            figures[f"{demo}_s"], out = _run([GNOMON, "workflow", "run", demo, "-P", f"epochs={args.epochs}",
+                                              "--experiment", f"bench-{demo}-{tag}", "--no-progress"],
+                                             env, demo)
+            print(f"gnomon workflow run {demo}: {figures[f'{demo}_s']:.1f} s")
+            print(out)
+
     ratio = figures["workflow_s"] / figures["plain_s"]
     print()
     print(f"{'':34}{'wall s':>9}{'ratio':>9}")
@@ -139,6 +150,9 @@ def main(argv=None) -> int:
         print(f"{'separate gnomon run processes':34}{figures['separate_s']:>9.1f}"
               f"{figures['separate_s'] / figures['plain_s']:>9.2f}   "
               f"(separate / workflow = {figures['separate_s'] / figures['workflow_s']:.2f})")
+    for demo in ("adversarial_embedding", "clean_label"):
+        if f"{demo}_s" in figures:
+            print(f"{'gnomon workflow run ' + demo:34}{figures[f'{demo}_s']:>9.1f}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores)")
     if args.json:
         args.json.write_text(json.dumps({**figures, "workflow_over_plain": ratio, "epochs": args.epochs,
