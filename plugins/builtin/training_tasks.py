@@ -185,7 +185,8 @@ def train(ctx, **p) -> dict[str, Any]:
                              f"of the {len(train_all)} training images")
     else:
         train_ds, val_ds = train_all, None
-    n_classes = train_all.n_classes
+    n_classes, class_names = train_all.n_classes, list(train_all.class_names)
+    del train_all  # the split copies are what training needs; do not hold the full array as well
     ctx.info(f"{len(train_ds)} training, {0 if val_ds is None else len(val_ds)} validation, {len(test)} test "
              f"images of {train_ds.image_shape}, {n_classes} classes")
 
@@ -238,7 +239,7 @@ def train(ctx, **p) -> dict[str, Any]:
 
     name = M.registered_model_name(ctx.experiment_name, p["model_architecture"], p["model_tag"])
     out = M.log_and_register(ctx, model, name, p["register_model"], architecture=p["model_architecture"],
-                             class_names=train_all.class_names, example=test.x)
+                             class_names=class_names, example=test.x)
     ctx.output("accuracy", round(float(metrics["accuracy"]), 6))
     del x, y, validation
     return {k: v for k, v in out.items() if k in ("model_name", "model_version", "model_uri")}
