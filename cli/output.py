@@ -20,7 +20,7 @@ def print_json(obj: Any) -> None:
 def error(message: str) -> None:
     from rich.markup import escape
 
-    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}")
+    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]):

@@ -17,6 +17,7 @@ from gnomon.cli.main import build_app
 
 @pytest.fixture
 def cli(gnomon_home, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     state.reset()
     runner = CliRunner()
 
@@ -46,13 +47,14 @@ def test_tasks_list_json(cli):
 def test_tasks_show_json_schema(cli):
     result = cli("tasks", "show", "dataset_summary", "--json")
     schema = json.loads(result.stdout)
-    assert schema["title"] == "dataset_summary" and "data_dir" in schema["required"]
+    assert schema["title"] == "dataset_summary" and schema["additionalProperties"] is False
     assert schema["properties"]["seed"]["type"] == "integer"
+    assert schema["properties"]["load_dataset_from_mlruns"]["type"] == "boolean"
 
 
 def test_tasks_show_table(cli):
     result = cli("tasks", "show", "dataset_summary")
-    assert result.exit_code == 0 and "data_dir" in result.output and "(required)" in result.output
+    assert result.exit_code == 0 and "data_dir" in result.output and "dataset_tar_name" in result.output
 
 
 def test_unknown_task_suggests_closest(cli):
@@ -66,7 +68,6 @@ def test_bad_params_exit_2_field_by_field_and_no_run(cli, gnomon_home):
     assert result.exit_code == 2
     assert "seed: Not a valid integer" in result.output
     assert "data_dri: unknown parameter; did you mean 'data_dir'?" in result.output
-    assert "data_dir: Missing data for required field" in result.output
     assert not (gnomon_home / "mlflow.db").exists()
 
 
@@ -82,10 +83,20 @@ def test_run_json_creates_a_real_run(cli, mnist_sample_dirs):
     assert mlflow.MlflowClient().get_experiment(run.info.experiment_id).name == "cli-test"
 
 
-def test_failed_task_exits_nonzero_with_one_line(cli, tmp_path):
+def test_missing_folder_is_a_parameter_error(cli, tmp_path, gnomon_home):
     result = cli("run", "dataset_summary", "-P", f"data_dir={tmp_path / 'missing'}")
+    assert result.exit_code == 2 and "is not a folder" in result.output
+    assert not (gnomon_home / "mlflow.db").exists()
+
+
+def test_failed_task_exits_nonzero_with_one_line(cli, tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "x.png").write_text("not an image")
+    result = cli("run", "dataset_summary", "-P", f"data_dir={tmp_path / 'data'}")
     assert result.exit_code == 1
     assert "marked FAILED" in result.output and "Traceback" not in result.output
+    debug = cli("--debug", "run", "dataset_summary", "-P", f"data_dir={tmp_path / 'data'}")
+    assert debug.exit_code == 1 and "Traceback" in debug.output
 
 
 def test_plugins_list_shows_builtin_and_broken(cli, tmp_path):
