@@ -296,9 +296,38 @@ def remote_demo(ctx, n, sleep_s, fail, seed):
 
 
 @hookimpl
+def register_workflows(register):
+    import os
+
+    register("remote_demo_flow", os.path.join(os.path.dirname(__file__), "demo_flow.toml"))
+
+
+@hookimpl
 def register_tasks(register):
     register(Task(name="remote_demo", summary="Draw seeded numbers (remote tests).", schema=DemoSchema,
                   fn=remote_demo, category="utility"))
+'''
+
+
+DEMO_FLOW = '''[workflow]
+name = "remote_demo_flow"
+description = "Two remote_demo steps (remote workflow tests)."
+
+[vars]
+n = 5
+seed = 0
+
+[steps.first]
+task = "remote_demo"
+[steps.first.params]
+n = "${vars.n}"
+seed = "${vars.seed}"
+
+[steps.second]
+task = "remote_demo"
+[steps.second.params]
+n = 3
+seed = "${vars.seed}"
 '''
 
 
@@ -312,6 +341,7 @@ def write_demo_plugin(root: Path, marker: str = "v1", version: str = "0.1.0") ->
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text('"""Demo plugin package."""\n')
     (pkg / "plugin.py").write_text(DEMO_PLUGIN.format(marker=marker))
+    (pkg / "demo_flow.toml").write_text(DEMO_FLOW)
     (pkg / "__pycache__").mkdir(exist_ok=True)
     (pkg / "__pycache__" / "junk.pyc").write_bytes(b"not part of a bundle")
     info = root / f"gnomon_remote_demo-{version}.dist-info"

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from servers.py are redefined as test arguments)
 """Jobs end to end on real servers: SeaweedFS (S3), Redis (RQ) and ``mlflow server``.
 
 The demo plugin (``servers.write_demo_plugin``) is "installed" only in the submitting
@@ -195,7 +196,29 @@ def test_bad_params_never_reach_the_queue(stack):
     unknown = _cli(["submit", "no_such_task", "--queue", "e2e-bad", "--redis", stack["redis"].url,
                     "--plugins", stack["url"]], stack["submit_env"])
     assert unknown.returncode == 2 and "unknown task 'no_such_task'" in unknown.stderr
+    bad_flow = _cli(["submit", "--workflow", "remote_demo_flow", "-P", "nn=3", "--queue", "e2e-bad",
+                     "--redis", stack["redis"].url, "--plugins", stack["url"]], stack["submit_env"])
+    assert bad_flow.returncode != 0 and "unknown workflow variable" in bad_flow.stderr
     assert q.count == 0 and q.failed_job_registry.count == 0 and q.finished_job_registry.count == 0
+
+
+@pytest.mark.slow
+def test_workflow_job_runs_on_worker(stack):
+    from gnomon.core.remote import jobs
+
+    connection = _connection(stack)
+    job = jobs.submit(connection, "remote_demo_flow", {"n": "4"}, queue_name="e2e", manifest_id=stack["manifest"],
+                      kind="workflow")
+    info = jobs.wait(connection, job.id, timeout=180)
+    assert info["status"] == "finished", info["error"]
+    assert info["kind"] == "workflow" and [s["status"] for s in info["result"]["steps"]] == ["ran", "ran"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=stack["mlflow"].url)
+    parent = client.get_run(info["run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and sorted(c.data.metrics["n"] for c in children) == [3.0, 4.0]
 
 
 def test_failing_task_fails_job_and_run(stack):

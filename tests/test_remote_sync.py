@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from servers.py are redefined as test arguments)
 """Plugin sync to a real S3 store (SeaweedFS) and pull into a plugin cache."""
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-
 from gnomon.core.plugins import load_plugins
 from gnomon.core.remote import IntegrityError, RemoteError
 from gnomon.core.remote.bundle import build_bundle, extract_bundle, make_tar_gz, sha256_hex

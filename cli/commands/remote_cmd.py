@@ -6,7 +6,7 @@ Only typer is imported here; boto3, rq, redis and mlflow are imported inside the
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List
 
 import typer
 
@@ -25,7 +25,6 @@ QUEUE_HELP = "RQ queue name."
 def _bundle_progress(total: int, description: str, quiet: bool):
     """A rich progress bar over ``total`` bundles on stderr; returns ``(context, callback)``."""
     import contextlib
-
     import sys
 
     if quiet or total == 0 or not sys.stderr.isatty():  # nothing to draw for pipes and logs
@@ -46,7 +45,7 @@ def _bundle_progress(total: int, description: str, quiet: bool):
 @handle_errors
 def sync(
     url: str = typer.Argument(..., help="Destination, s3://BUCKET/PREFIX."),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be uploaded or deleted; write nothing."),
     delete: bool = typer.Option(False, "--delete", help="Delete bundles no current (or recent) manifest references."),
     keep_for: float = typer.Option(3600.0, "--keep-for", help="With --delete: keep what manifests younger than this many seconds reference."),
@@ -83,9 +82,9 @@ def sync(
 @handle_errors
 def pull_cmd(
     url: str = typer.Argument(..., help="Source, s3://BUCKET/PREFIX."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Plugin cache folder (default: $GNOMON_HOME/plugin-cache)."),
-    version: Optional[str] = typer.Option(None, "--version", help="Manifest version to pull (default: the latest sync)."),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    cache: str | None = typer.Option(None, "--cache", help="Plugin cache folder (default: $GNOMON_HOME/plugin-cache)."),
+    version: str | None = typer.Option(None, "--version", help="Manifest version to pull (default: the latest sync)."),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Fetch changed bundles, verify their sha256, extract them safely and switch the cache's active set."""
@@ -105,16 +104,16 @@ def pull_cmd(
 
 @handle_errors
 def worker(
-    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    redis: str | None = typer.Option(None, "--redis", help=REDIS_HELP),
     queue: List[str] = typer.Option(["gnomon"], "--queue", "-q", help=QUEUE_HELP + " Repeat for several."),
-    plugins: Optional[str] = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
+    plugins: str | None = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
                                           help="s3://BUCKET/PREFIX the plugins were synced to; jobs run exactly those."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="This worker's plugin cache (default: $GNOMON_HOME/plugin-cache)."),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    cache: str | None = typer.Option(None, "--cache", help="This worker's plugin cache (default: $GNOMON_HOME/plugin-cache)."),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                                help="Shared MLflow tracking server, e.g. http://mlflow:5000."),
     burst: bool = typer.Option(False, "--burst", help="Exit when the queues are empty."),
-    name: Optional[str] = typer.Option(None, "--name", help="Worker name (default: RQ's)."),
+    name: str | None = typer.Option(None, "--name", help="Worker name (default: RQ's)."),
     heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between heartbeats while a job runs."),
     abandoned_after: int = typer.Option(60, "--abandoned-after", min=1,
                                         help="A job whose worker missed heartbeats this long is abandoned (retried or failed)."),
@@ -133,21 +132,22 @@ def worker(
 
 @handle_errors
 def submit(
-    task: str = typer.Argument(..., help="Task name."),
-    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Parameter as name=value; repeat."),
+    task: str = typer.Argument(..., help="Task name (with --workflow: a registered workflow name)."),
+    param: List[str] | None = typer.Option(None, "-P", "--param", help="Parameter (workflow: variable) as name=value; repeat."),
+    workflow: bool = typer.Option(False, "--workflow", help="TASK is a registered workflow, run like 'gnomon workflow run'."),
     queue: str = typer.Option("gnomon", "--queue", "-q", help=QUEUE_HELP),
-    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
-    plugins: Optional[str] = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
+    redis: str | None = typer.Option(None, "--redis", help=REDIS_HELP),
+    plugins: str | None = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
                                           help="s3://BUCKET/PREFIX: validate against (and pin the job to) the synced plugins."),
-    plugins_version: Optional[str] = typer.Option(None, "--plugins-version", help="Manifest version (default: latest)."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Plugin cache used for validation."),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+    plugins_version: str | None = typer.Option(None, "--plugins-version", help="Manifest version (default: latest)."),
+    cache: str | None = typer.Option(None, "--cache", help="Plugin cache used for validation."),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
+    experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (default: gnomon)."),
     retries: int = typer.Option(0, "--retries", min=0, help="Re-run the job this many times if it fails or its worker dies."),
-    timeout: Optional[int] = typer.Option(None, "--timeout", min=1, help="Kill the job after this many seconds."),
+    timeout: int | None = typer.Option(None, "--timeout", min=1, help="Kill the job after this many seconds."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end and print its result."),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", help="With --wait: give up after this many seconds."),
+    wait_timeout: float | None = typer.Option(None, "--wait-timeout", help="With --wait: give up after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Validate TASK's parameters, then enqueue it for a worker (pinned to the synced manifest version)."""
@@ -167,15 +167,20 @@ def submit(
     else:
         engine = state.engine(experiment)
     # bad params never reach the queue; checks needing the tracking store run only against a shared server
-    engine.validate(task, params, preflight=bool(os.environ.get("MLFLOW_TRACKING_URI")))
+    preflight = bool(os.environ.get("MLFLOW_TRACKING_URI"))
+    if workflow:
+        rjobs.validate_workflow_submission(engine, task, params, preflight)
+    else:
+        engine.validate(task, params, preflight=preflight)
     connection = rjobs.connect(redis)
     job = rjobs.submit(connection, task, params, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
-                       experiment=engine.experiment, retries=retries, timeout=timeout)
+                       experiment=engine.experiment, retries=retries, timeout=timeout,
+                       kind="workflow" if workflow else "task")
     if not wait:
         if as_json:
             print_json({"id": job.id, "queue": queue, "task": task, "manifest": manifest_id, "status": "queued"})
         else:
-            console().print(f"submitted job {job.id} ({task}) to queue '{queue}'"
+            console().print(f"submitted job {job.id} ({'workflow ' if workflow else ''}{task}) to queue '{queue}'"
                             + (f", plugins manifest {manifest_id}" if manifest_id else ""))
         return
     info = rjobs.wait(connection, job.id, timeout=wait_timeout)
@@ -204,7 +209,7 @@ def _print_job(info: dict, as_json: bool) -> None:
 @handle_errors
 def list_jobs(
     queue: str = typer.Option("gnomon", "--queue", "-q", help=QUEUE_HELP),
-    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    redis: str | None = typer.Option(None, "--redis", help=REDIS_HELP),
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many jobs (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -224,7 +229,7 @@ def list_jobs(
 @handle_errors
 def show_job(
     job_id: str = typer.Argument(..., help="Job id."),
-    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    redis: str | None = typer.Option(None, "--redis", help=REDIS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """A job's status, task, parameters, manifest, worker, MLflow run, error and result."""
@@ -237,7 +242,7 @@ def show_job(
 @handle_errors
 def cancel_job(
     job_id: str = typer.Argument(..., help="Job id."),
-    redis: Optional[str] = typer.Option(None, "--redis", help=REDIS_HELP),
+    redis: str | None = typer.Option(None, "--redis", help=REDIS_HELP),
 ) -> None:
     """Cancel a waiting job, or stop a running one."""
     from gnomon.core.remote import jobs as rjobs

@@ -59,20 +59,20 @@ def queue(connection, name: str = DEFAULT_QUEUE):
 
 def submit(connection, task: str, params: dict[str, Any], *, queue_name: str = DEFAULT_QUEUE,
            manifest_id: str | None = None, plugins_url: str | None = None, experiment: str | None = None,
-           retries: int = 0, timeout: int | None = None, retry_interval: int = 0):
-    """Enqueue an already-validated task run; returns the RQ job."""
+           retries: int = 0, timeout: int | None = None, retry_interval: int = 0, kind: str = "task"):
+    """Enqueue an already-validated task run (``kind="workflow"``: a registered workflow); returns the RQ job."""
     from rq import Callback, Retry
 
-    meta = {"task": task, "params": params, "manifest": manifest_id, "plugins_url": plugins_url,
+    meta = {"kind": kind, "task": task, "params": params, "manifest": manifest_id, "plugins_url": plugins_url,
             "experiment": experiment, "submitted_at": time.time(), "retries": retries}
     q = queue(connection, queue_name)
     return q.enqueue(
         JOB_FUNCTION,
-        kwargs={"task": task, "params": params, "manifest_id": manifest_id, "experiment": experiment},
+        kwargs={"task": task, "params": params, "manifest_id": manifest_id, "experiment": experiment, "kind": kind},
         job_timeout=timeout if timeout else -1,
         result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL,
         retry=Retry(max=retries, interval=retry_interval) if retries > 0 else None,
-        description=f"gnomon {task}",
+        description=f"gnomon {kind} {task}",
         on_failure=Callback("gnomon.core.remote.worker.on_job_failure"),
         on_stopped=Callback("gnomon.core.remote.worker.on_job_stopped"),
         meta=meta,
@@ -112,7 +112,8 @@ def describe(job) -> dict[str, Any]:
     """Everything ``gnomon jobs show`` prints about a job."""
     meta = job.meta or {}
     info = {
-        "id": job.id, "status": status(job), "queue": job.origin, "task": meta.get("task"),
+        "id": job.id, "status": status(job), "queue": job.origin, "kind": meta.get("kind", "task"),
+        "task": meta.get("task"),
         "params": meta.get("params"), "manifest": meta.get("pulled_manifest") or meta.get("manifest"),
         "submitted_manifest": meta.get("manifest"), "worker": job.worker_name or meta.get("worker"),
         "run_id": meta.get("run_id"), "experiment": meta.get("experiment"),
@@ -174,3 +175,19 @@ def wait(connection, job_id: str, timeout: float | None = None, poll: float = 0.
         if deadline is not None and time.monotonic() > deadline:
             raise RemoteError(f"job '{job_id}' did not finish within {timeout:.0f} s (status: {status(job)})")
         time.sleep(poll)
+
+
+def validate_workflow_submission(engine, name: str, overrides: dict[str, str], preflight: bool) -> None:
+    """Check a workflow job before it is queued: a registered name, known variables, valid steps."""
+    from pathlib import Path
+
+    from ..workflows import apply_overrides, find_workflow, validate_workflow
+
+    if name not in engine.registry.workflows:
+        hint = (" (workflow files must be shipped in a synced plugin: register it with register_workflows)"
+                if Path(name).expanduser().exists() or name.endswith(".toml") else "")
+        if hint:
+            raise RemoteError(f"cannot queue the file '{name}'{hint}")
+        find_workflow(engine, name)  # raises 'unknown workflow' with suggestions
+    workflow = find_workflow(engine, name)
+    validate_workflow(engine, workflow, apply_overrides(workflow, overrides), preflight=preflight)

@@ -42,8 +42,12 @@ def _save(job, **values: Any) -> None:
 
 
 def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
-            experiment: str | None = None) -> dict[str, Any]:
-    """Run one job (called by RQ in the work horse); returns the run's result as a dict."""
+            experiment: str | None = None, kind: str = "task") -> dict[str, Any]:
+    """Run one job (called by RQ in the work horse); returns the run's result as a dict.
+
+    ``kind="workflow"``: ``task`` names a registered workflow and ``params`` are its variable
+    overrides; it runs like ``gnomon workflow run`` (one parent run, a child run per step).
+    """
     from ..engine import Engine
     from ..errors import GnomonError, TaskFailedError
     from ..plugins import load_plugins
@@ -67,6 +71,8 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
         broken = [f"{i.name}: {i.error}" for i in plugins.broken]
         if broken and task not in engine.registry.tasks:
             raise RemoteError(f"broken plugins on this worker: {'; '.join(broken)}")
+        if kind == "workflow":
+            return _run_workflow(job, engine, task, params)
         tags = {"gnomon.job_id": job.id if job else "", "gnomon.queue": job.origin if job else "",
                 "gnomon.manifest": (job.meta.get("pulled_manifest") if job else "") or ""}
         result = engine.run(task, params, tags=tags)
@@ -78,6 +84,16 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
         raise
     _save(job, run_id=result.run_id, error=None)
     return result.to_dict()
+
+
+def _run_workflow(job, engine, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    from ..workflows import apply_overrides, find_workflow, run_workflow
+
+    workflow = find_workflow(engine, name)
+    result = run_workflow(engine, workflow, apply_overrides(workflow, overrides))
+    _save(job, run_id=result.run_id, error=None)
+    return {"workflow": result.workflow, "run_id": result.run_id, "status": result.status,
+            "duration_s": round(result.duration_s, 3), "steps": [s.to_dict() for s in result.steps]}
 
 
 def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
