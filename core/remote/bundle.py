@@ -204,11 +204,29 @@ def check_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
 
 
 def extract_bundle(data: bytes, dest: Path, name: str) -> None:
-    """Extract a verified bundle into ``dest`` (which must not exist yet), refusing escaping paths."""
+    """Extract a verified bundle into ``dest`` (which must not exist yet), refusing escaping paths.
+
+    Bundle rules first (only regular files and folders, all inside the plugin's own entry), then
+    the shared safe extraction of :mod:`gnomon.core.datasets.safetar` (absolute paths, ``..``,
+    links, devices; the stdlib ``data`` filter as a second line of defence).
+    """
+    from ..errors import GnomonError
+
+    try:
+        from ..datasets.safetar import safe_extract
+    except ImportError:  # pragma: no cover - datasets is part of core
+        safe_extract = None
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             members = check_members(tar, name)
             dest.mkdir(parents=True)
-            tar.extractall(dest, members=members, filter="data")
+            if safe_extract is not None:
+                safe_extract(tar, dest)
+            else:
+                tar.extractall(dest, members=members, filter="data")
+    except IntegrityError:
+        raise
+    except GnomonError as exc:
+        raise IntegrityError(f"bundle of plugin '{name}' is unsafe: {exc}") from None
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         raise IntegrityError(f"bundle of plugin '{name}' cannot be extracted: {type(exc).__name__}: {exc}") from None
