@@ -249,3 +249,28 @@ def test_broken_worker_pool_falls_back_to_this_process(mnist_sample_dirs, gnomon
     with pytest.warns(RuntimeWarning, match="worker processes could not start"):
         fallback = load_image_folder(mnist_sample_dirs["training"], cache=False, workers=2, progress=False)
     np.testing.assert_array_equal(reference.x, fallback.x)
+
+
+def test_dirs_validation_mode(tmp_path, mnist_sample_dirs, gnomon_home, monkeypatch):
+    """GNOMON_CACHE_VALIDATE=dirs: no per-file stat; names and folder mtimes still invalidate."""
+    from gnomon.core.datasets import folder
+
+    root = tmp_path / "copy"
+    shutil.copytree(mnist_sample_dirs["testing"], root)
+    monkeypatch.setenv("GNOMON_CACHE_VALIDATE", "dirs")
+    first = load_image_folder(root, progress=False)
+    stats = []
+    real_list = folder._list_class
+    monkeypatch.setattr(folder, "_list_class", lambda r, c, stat=True: stats.append(stat) or real_list(r, c, stat))
+    with monkeypatch.context() as m:
+        m.setattr(folder, "decode_files", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+        again = load_image_folder(root, progress=False)
+        np.testing.assert_array_equal(first.x, again.x)
+        assert stats and not any(stats)  # listed without stat
+        os.rename(root / first.files[0], root / first.files[0].replace(".png", "_renamed.png"))
+        with pytest.raises(AssertionError, match="decoded"):
+            load_image_folder(root, progress=False)
+    assert len(load_image_folder(root, progress=False)) == len(first)
+    monkeypatch.setenv("GNOMON_CACHE_VALIDATE", "sometimes")
+    with pytest.raises(DatasetError, match="GNOMON_CACHE_VALIDATE must be one of files, dirs"):
+        load_image_folder(root, progress=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class FolderScan:
     stats: list[tuple[int, int]]  # (size, mtime_ns) per file, same order
     manifest: dict[str, Any]
     manifest_stat: tuple[int, int] | None
+    dir_stats: list[tuple[int, int]] = field(default_factory=list)  # (size, mtime_ns) of root + class dirs
 
 
 def _normalise_size(image_size: Any) -> tuple[int, int] | None:
@@ -78,19 +79,36 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
-def _list_class(root: Path, cls: str) -> tuple[list[str], list[int], list[int]]:
-    """Names, sizes and mtimes (ns) of the images in ``root/cls``, in directory order."""
+def _list_class(root: Path, cls: str, stat: bool = True) -> tuple[list[str], list[int], list[int]]:
+    """Names, sizes and mtimes (ns) of the images in ``root/cls``, in directory order.
+
+    With ``stat=False`` only the names are listed (sizes and mtimes are 0): no per-file system call.
+    """
     names, sizes, mtimes = [], [], []
     with os.scandir(root / cls) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or not entry.is_file():
                 continue
-            st = entry.stat()
             names.append(name)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
+            if stat:
+                st = entry.stat()
+                sizes.append(st.st_size)
+                mtimes.append(st.st_mtime_ns)
+    if not stat:
+        sizes = mtimes = [0] * len(names)
     return names, sizes, mtimes
+
+
+VALIDATE_MODES = ("files", "dirs")
+
+
+def validate_mode() -> str:
+    """How the cache checks a folder: ``GNOMON_CACHE_VALIDATE`` = ``files`` (default) or ``dirs``."""
+    mode = os.environ.get("GNOMON_CACHE_VALIDATE", "files").strip().lower() or "files"
+    if mode not in VALIDATE_MODES:
+        raise DatasetError(f"GNOMON_CACHE_VALIDATE must be one of {', '.join(VALIDATE_MODES)}; got {mode!r}")
+    return mode
 
 
 def sort_names(names: list[str]) -> list[str]:
@@ -138,8 +156,12 @@ def order_files(manifest: dict[str, Any], found: Any, per_class: list[tuple[str,
     return files
 
 
-def scan_folder(path: str | Path) -> FolderScan:
-    """List the class folders and images of ``path`` (sizes and mtimes included, nothing decoded)."""
+def scan_folder(path: str | Path, *, stat_files: bool = True) -> FolderScan:
+    """List the class folders and images of ``path`` (nothing decoded).
+
+    With ``stat_files`` (default) every image's size and mtime is recorded; without, only the
+    names, and ``dir_stats`` holds the (size, mtime) of the root and class folders instead.
+    """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder "
@@ -160,9 +182,11 @@ def scan_folder(path: str | Path) -> FolderScan:
 
         # stat() releases the GIL: list the class folders concurrently
         with ThreadPoolExecutor(max_workers=min(4, len(existing))) as pool:
-            listings = list(pool.map(lambda item: _list_class(root, item[1]), existing))
+            listings = list(pool.map(lambda item: _list_class(root, item[1], stat_files), existing))
     else:
-        listings = [_list_class(root, cls) for _, cls in existing]
+        listings = [_list_class(root, cls, stat_files) for _, cls in existing]
+    dir_stats = [] if stat_files else [(st.st_size, st.st_mtime_ns) for st in
+                                       [root.stat(), *((root / cls).stat() for _, cls in existing)]]
     total = sum(len(names) for names, _, _ in listings)
     if not total:
         raise DatasetError(f"dataset folder '{root}' has class folders ({', '.join(folders[:5])}"
@@ -175,7 +199,7 @@ def scan_folder(path: str | Path) -> FolderScan:
         if listed is not None:
             labels = np.fromiter((found[f][0] for f in listed), dtype=np.int64, count=len(listed))
             return FolderScan(root, class_names, listed, labels, [found[f][1:] for f in listed], manifest,
-                              manifest_stat)
+                              manifest_stat, dir_stats)
     files: list[str] = []
     stats: list[tuple[int, int]] = []
     labels = np.empty(total, dtype=np.int64)
@@ -187,7 +211,7 @@ def scan_folder(path: str | Path) -> FolderScan:
         stats.extend([(sizes[position[n]], mtimes[position[n]]) for n in ordered])
         labels[at:at + len(ordered)] = label
         at += len(ordered)
-    return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat)
+    return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat, dir_stats)
 
 
 # -- decoding ---------------------------------------------------------------
@@ -319,6 +343,7 @@ def cache_key(scan: FolderScan, image_size: tuple[int, int] | None, color_mode: 
                          scan.manifest_stat, scan.class_names]).encode())
     h.update("\n".join(scan.files).encode())
     h.update(np.asarray(scan.stats, dtype=np.int64).tobytes())
+    h.update(np.asarray(scan.dir_stats, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -385,7 +410,7 @@ def load_image_folder_u8(path: str | Path, *, image_size: Any = None, color_mode
     """Like :func:`load_image_folder` but returns the raw uint8 array and the scan."""
     size = _normalise_size(image_size)
     mode = _normalise_color(color_mode)
-    scan = scan_folder(path)
+    scan = scan_folder(path, stat_files=not cache or validate_mode() == "files")
     target = cache_dir() / f"{cache_key(scan, size, mode)}.npy" if cache else None
     if target is not None and target.is_file():
         arr = _cache_load(target, len(scan.files))
@@ -413,7 +438,9 @@ def load_image_folder(path: str | Path, *, image_size: Any = None, color_mode: s
         color_mode: ``"grayscale"`` (1 channel), ``"rgb"`` (3 channels) or ``None`` (keep:
             grayscale if every image is grayscale, else RGB).
         cache: reuse/store the decoded uint8 array in ``$GNOMON_HOME/cache/datasets``, keyed on
-            the folder's file names, sizes and mtimes and these options.
+            the folder's file names, sizes and mtimes and these options. ``GNOMON_CACHE_VALIDATE=dirs``
+            keys on the file names and the class folders' mtimes instead (no per-file ``stat``:
+            faster for huge folders, but a file rewritten in place under the same name goes unnoticed).
         progress: ``None``/``True`` rich bar, ``False`` silent, or a RunContext / progress factory.
         workers: decoding processes (default: CPUs, 1 for small folders; ``GNOMON_WORKERS``).
 
