@@ -64,18 +64,21 @@ def sync(
     if as_json:
         print_json(report.to_dict())
         return
-    out = console()
+    # plain lines (no rich): sync is often scripted, and this keeps its start-up lean
     verb = "would upload" if dry_run else "uploaded"
-    rows = [[n, verb, f"{s:,}"] for n, s in report.uploaded] + [[n, "unchanged", "0"] for n in report.skipped]
-    out.print(table(f"sync to {report.location}", ["plugin", "action", "bytes"], sorted(rows)))
+    rows = sorted([(n, verb, f"{s:,} bytes") for n, s in report.uploaded] + [(n, "unchanged", "") for n in report.skipped])
+    width = max([len(n) for n, _, _ in rows] + [6])
+    typer.echo(f"sync to {report.location}")
+    for name, action, size in rows:
+        typer.echo(f"  {name:<{width}}  {action:<12} {size}".rstrip())
     for name, reason in report.not_synced:
-        out.print(f"[yellow]not synced[/yellow] {name}: {reason}")
+        typer.echo(f"  not synced {name}: {reason}")
     for key in report.deleted:
-        out.print(f"{'would delete' if dry_run else 'deleted'} {key}")
+        typer.echo(f"  {'would delete' if dry_run else 'deleted'} {key}")
     state_text = ("written" if report.manifest_written else
                   "unchanged" if not dry_run or not report.uploaded else "not written (dry run)")
-    out.print(f"{verb} {len(report.uploaded)}, skipped {len(report.skipped)}, {report.bytes_uploaded:,} bytes; "
-              f"manifest {report.manifest_id} {state_text} ({report.seconds:.2f} s)", soft_wrap=True)
+    typer.echo(f"{verb} {len(report.uploaded)}, skipped {len(report.skipped)}, {report.bytes_uploaded:,} bytes; "
+               f"manifest {report.manifest_id} {state_text} ({report.seconds:.2f} s)")
 
 
 @plugins_app.command("pull")
@@ -95,10 +98,9 @@ def pull_cmd(
     if as_json:
         print_json(report.to_dict())
         return
-    out = console()
-    out.print(f"manifest {report.manifest_id}: fetched {len(report.fetched)} ({report.bytes_fetched:,} bytes), "
-              f"cached {len(report.reused)}; active set {'switched' if report.changed else 'unchanged'} "
-              f"({report.seconds:.2f} s)", soft_wrap=True)
+    typer.echo(f"manifest {report.manifest_id}: fetched {len(report.fetched)} ({report.bytes_fetched:,} bytes), "
+               f"cached {len(report.reused)}; active set {'switched' if report.changed else 'unchanged'} "
+               f"({report.seconds:.2f} s)")
     typer.echo(f"use it with: export GNOMON_PLUGIN_PATH={active_dir(cache_dir)}")
 
 
