@@ -101,6 +101,12 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run a workflow: all steps in this process, one parent MLflow run with a child run per step."""
+    import os
+
+    if not state.options.get("debug"):
+        # TensorFlow's C++ start-up chatter (CUDA probing, graph attribute notes) would bury the
+        # step lines; an explicit TF_CPP_MIN_LOG_LEVEL or --debug keeps it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gnomon.core.params import parse_cli_params
     from gnomon.core.workflows import apply_overrides, find_workflow, run_workflow
 
