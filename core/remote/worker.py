@@ -190,6 +190,16 @@ def start_worker(
         import mlflow  # noqa: F401
 
         from .. import engine  # noqa: F401
+
+        if plugins_url:
+            # Load the synced plugins once: their dependencies are then imported in every forked horse and
+            # their bytecode is cached next to them. Each job still loads the exact version it names.
+            from .pull import load_synced_plugins
+
+            warm = load_synced_plugins(report.set_dir)
+            warm.registry  # noqa: B018
+            for info in warm.broken:
+                echo(f"warning: synced plugin '{info.name}' is broken on this worker: {info.error}")
     url = redis_url(redis)
     connection = connect(url)
     cls = worker_class()
