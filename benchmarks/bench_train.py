@@ -7,7 +7,7 @@ the target is <= 1.10), the same for process CPU time (which other load on a sha
 disturbs much less) and the test accuracy of both (target for le_net: >= 0.990 in 5
 epochs). The first epoch includes graph tracing, so the ratio is also given without it.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_train.py [--epochs 5] [--batch-size 32]
+    nice -n 10 .venv/bin/python benchmarks/bench_train.py [--epochs 5] [--batch-size 64]
 
 MNIST comes from ``--mnist`` (default ../shared/data/mnist); gnomon prepares its PNG folders
 under ``--home`` once (later runs reuse them and the loader's cache).
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--mnist", default=str(REPO.parent / "shared" / "data" / "mnist"))
     parser.add_argument("--home", default="/tmp/gnomon-bench-train")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--validation-split", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
