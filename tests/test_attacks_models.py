@@ -35,6 +35,8 @@ def trained(tmp_path_factory, mnist_sample_dirs):
     home = tmp_path_factory.mktemp("attack-models-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("GNOMON_HOME", str(home))
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which would point this store at an earlier test's
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
         engine = make_engine()
         result = engine.run("train", {"data_dir_train": str(mnist_sample_dirs["training"]),
@@ -50,6 +52,7 @@ def trained(tmp_path_factory, mnist_sample_dirs):
 @pytest.fixture
 def engine(trained, monkeypatch):
     monkeypatch.setenv("GNOMON_HOME", str(trained["home"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return make_engine()
 
 
