@@ -12,7 +12,7 @@ Nothing here imports tensorflow, keras or mlflow at module import time.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 from .errors import GnomonError
 

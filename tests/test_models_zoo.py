@@ -40,7 +40,7 @@ def test_each_architecture_trains_one_step_on_mnist(engine, sample, arch):
     logs = model.train_on_batch(x, M.one_hot(y, 10), return_dict=True)
     assert np.isfinite(logs["loss"])
     after = model.get_weights()
-    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     probs = M.predict(model, x, 8)
     assert probs.shape == (8, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)

@@ -228,7 +228,7 @@ def test_init_model_loads_a_local_weights_file(gnomon_engine, tmp_path):
     loaded = M.load_registered_model(gnomon_engine, "test_pre_resnet50")
     inner = loaded.get_layer("resnet50")
     for name in ("conv1_conv", "predictions"):
-        for got, want in zip(inner.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+        for got, want in zip(inner.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
     caffe = loaded.get_layer("caffe_preprocess").get_weights()
     assert caffe[0][0, 0, 2, 0] == 255.0 and caffe[1][0] == pytest.approx(-103.939)
