@@ -207,8 +207,13 @@ def test_workflow_job_runs_on_worker(stack):
     from gnomon.core.remote import jobs
 
     connection = _connection(stack)
-    job = jobs.submit(connection, "remote_demo_flow", {"n": "4"}, queue_name="e2e", manifest_id=stack["manifest"],
-                      kind="workflow")
+    # queued through the workflow command, as a user would
+    queued = _cli(["workflow", "run", "remote_demo_flow", "-P", "n=4", "--queue", "e2e", "--redis", stack["redis"].url,
+                   "--plugins", stack["url"], "--json"], stack["submit_env"])
+    assert queued.returncode == 0, queued.stderr
+    submitted = json.loads(queued.stdout)
+    assert submitted["manifest"] == stack["manifest"]
+    job = jobs.fetch(connection, submitted["id"])
     info = jobs.wait(connection, job.id, timeout=180)
     assert info["status"] == "finished", info["error"]
     assert info["kind"] == "workflow" and [s["status"] for s in info["result"]["steps"]] == ["ran", "ran"]

@@ -99,9 +99,30 @@ def run_cmd(
     no_report: bool = typer.Option(False, "--no-report", help="Do not build the report."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    queue: str | None = typer.Option(None, "--queue", "-q",
+                                     help="Enqueue the workflow for a remote worker on this RQ queue instead of running it here."),
+    redis: str | None = typer.Option(None, "--redis", help="With --queue: Redis URL (default: GNOMON_REDIS_URL)."),
+    plugins: str | None = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
+                                       help="With --queue: s3://BUCKET/PREFIX of the synced plugins to pin the job to."),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="With --queue: S3 endpoint URL."),
+    wait: bool = typer.Option(False, "--wait", help="With --queue: wait for the job to end."),
 ) -> None:
-    """Run a workflow: all steps in this process, one parent MLflow run with a child run per step."""
+    """Run a workflow: all steps in this process, one parent MLflow run with a child run per step.
+
+    With --queue the workflow is validated here and enqueued for a worker ('gnomon worker').
+    """
     import os
+
+    if queue:
+        if resume or report_dir or no_report:
+            from gnomon.core.errors import GnomonError
+
+            raise GnomonError("--resume, --report-dir and --no-report apply to local runs, not with --queue")
+        from .remote_cmd import submit
+
+        return submit(task=name, param=param, workflow=True, queue=queue, redis=redis, plugins=plugins,
+                      plugins_version=None, cache=None, endpoint_url=endpoint_url, experiment=experiment,
+                      retries=0, timeout=None, wait=wait, wait_timeout=None, as_json=as_json)
 
     if not state.options.get("debug"):
         # TensorFlow's C++ start-up chatter (CUDA probing, graph attribute notes) would bury the
