@@ -256,3 +256,24 @@ def test_dataset_tar_round_trip_without_mlflow(tmp_path, suffix, channels, gnomo
     assert resized.x.shape == (9, 3, 3, 3)
     with pytest.raises(DatasetError, match=r"has no folder 'nope' \(it holds: data\)"):
         load_dataset_tar(tmp_path / f"d{suffix}", "nope")
+
+
+def test_finished_runs_artifacts_are_read_once_per_process(engine, monkeypatch):
+    """A workflow's steps reading the same artifact decode it once; callers get independent copies."""
+    from gnomon.core.datasets import artifacts
+
+    produced = engine.run("test_produce", {"seed": 2})
+    calls = []
+    real = artifacts.load_dataset_tar
+    monkeypatch.setattr(artifacts, "load_dataset_tar", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    first.x[:] = 0  # a caller scribbling on its copy must not change what the next caller gets
+    first.metadata["target_class"] = 99
+    second = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    assert len(calls) == 1
+    assert second.x.max() > 0 and second.metadata["target_class"] == 3
+    monkeypatch.setenv("GNOMON_DATASET_MEMO_MB", "0")
+    artifacts._MEMO.clear()
+    read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    assert len(calls) == 3

@@ -327,6 +327,10 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
     tar_name = _check_name(tar_name, "dataset_tar_name", tar=True)
     dataset_name = _check_name(dataset_name, "dataset_name")
     engine = _engine_of(engine)
+    key = (engine.tracking_uri, run_id, tar_name, dataset_name, repr(image_size), color_mode)
+    cached = _MEMO.get(key)
+    if cached is not None:
+        return _copy_dataset(cached)
     problem = check_artifact(engine, run_id, tar_name)
     if problem:
         raise DatasetError(problem)
@@ -339,4 +343,61 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
         shutil.rmtree(tmp, ignore_errors=True)
     dataset.metadata.setdefault("source", f"runs:/{run_id}/{tar_name}#{dataset_name}")
     dataset.metadata["artifact"] = {"run_id": run_id, "tar_name": tar_name, "dataset_name": dataset_name}
+    if _run_finished(engine, run_id):
+        _MEMO.put(key, dataset)
+        return _copy_dataset(dataset)
     return dataset
+
+
+class _DatasetMemo:
+    """Datasets read from FINISHED runs' artifacts, kept in memory for this process.
+
+    A finished run's artifacts do not change, so a workflow whose steps read the same triggered
+    test set seven times reads and decodes it once. Bounded by ``GNOMON_DATASET_MEMO_MB``
+    (default 1024; 0 turns it off); least recently used entries go first.
+    """
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self.entries: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def budget() -> int:
+        try:
+            return int(float(os.environ.get("GNOMON_DATASET_MEMO_MB", "1024")) * 2**20)
+        except ValueError:
+            return 1024 * 2**20
+
+    def get(self, key):
+        dataset = self.entries.get(key)
+        if dataset is not None:
+            self.entries.move_to_end(key)
+        return dataset
+
+    def put(self, key, dataset: ImageDataset) -> None:
+        budget = self.budget()
+        if dataset.x.nbytes > budget:
+            return
+        self.entries[key] = dataset
+        while sum(d.x.nbytes for d in self.entries.values()) > budget:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_MEMO = _DatasetMemo()
+
+
+def _copy_dataset(dataset: ImageDataset) -> ImageDataset:
+    """A copy callers may modify without touching the memo."""
+    return dataset.replace(x=dataset.x.copy(), y=dataset.y.copy(), metadata=copy.deepcopy(dataset.metadata),
+                           files=list(dataset.files) if dataset.files is not None else None)
+
+
+def _run_finished(engine: Any, run_id: str) -> bool:
+    try:
+        return _client(engine).get_run(run_id).info.status == "FINISHED"
+    except Exception:
+        return False
