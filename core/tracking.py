@@ -55,7 +55,14 @@ def setup_tracking(uri: str | None = None) -> str:
     quiet_mlflow()
     import mlflow
 
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; restore the caller's environment so
+    # that a later engine in this process (another GNOMON_HOME, say) still sees its own default.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
     return uri
 
 

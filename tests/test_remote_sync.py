@@ -73,7 +73,7 @@ def test_bundle_is_deterministic_and_skips_caches(tmp_path):
     info = plugin_set(tmp_path / "plugins", builtins=False).infos["dirplug"]
     first = build_bundle(info)
     pkg = tmp_path / "plugins" / "dirplug"
-    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__").mkdir(exist_ok=True)  # importing the plugin may already have made it
     (pkg / "__pycache__" / "x.pyc").write_bytes(b"cache")
     os.utime(pkg / "__init__.py", (1, 1))
     second = build_bundle(info)

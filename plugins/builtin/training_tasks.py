@@ -40,7 +40,7 @@ def fit_adversarial_available() -> Any:
 # -- schemas ----------------------------------------------------------------
 class TrainSchema(TaskSchema, ModelArchitecture, Training,
                   DatasetSource("training_dataset_run_id", data_dir_field="data_dir_train", default_split="training",
-                                default_tar="adversarial_poison.tar", default_name="adv_poison_data")):
+                                default_tar="adversarial_poison.tar.gz", default_name="adv_poison_data")):
     """Parameters of ``train``."""
 
     data_dir_test = fields.String(load_default=None, allow_none=True, metadata={
