@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GNOMON_HOME"] = str(home)
     os.environ["GNOMON_MNIST_SOURCE"] = args.source
     import numpy as np
+
     from gnomon.core.datasets import cache_dir, clear_cache, load_image_folder, prepare_mnist
     from gnomon.core.datasets.dataset import to_float
 

@@ -49,6 +49,7 @@ def startup(runs: int) -> None:
 
 def squeezing(n_images: int, bits: int = 3) -> None:
     import numpy as np
+
     from gnomon.core.plugins import load_plugins
 
     registry = load_plugins(environ={}).registry

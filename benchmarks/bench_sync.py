@@ -134,8 +134,9 @@ def main() -> None:
               f" | CLI incl. start-up {cli_pull:.3f} s")
 
         # submit-to-start latency on an idle worker
-        from gnomon.core.remote import jobs
         from PIL import Image
+
+        from gnomon.core.remote import jobs
 
         data = work / "tiny"
         for label in ("0", "1"):

@@ -105,7 +105,7 @@ def handle_errors(fn):
             from .output import error
 
             error(str(exc))
-            raise typer.Exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper
 

@@ -37,7 +37,7 @@ def engine(experiment: str | None = None):
         from gnomon.core.engine import Engine
 
         _engine = Engine(plugins(), experiment=experiment or options["experiment"])
-        _engine.registry  # build now so registration errors are reported before work starts
+        _ = _engine.registry  # build now so registration errors are reported before work starts
         warn_broken()
     return _engine
 

@@ -93,5 +93,5 @@ class ModelRef(fields.String):
 class Bool(fields.Boolean):
     """A boolean that also accepts the strings MLflow projects pass (true/false, yes/no, 1/0)."""
 
-    truthy = {"true", "True", "TRUE", "1", "yes", "y", "on", 1, True}
-    falsy = {"false", "False", "FALSE", "0", "no", "n", "off", "", 0, False}
+    truthy = {"true", "True", "TRUE", "1", "yes", "y", "on", 1}
+    falsy = {"false", "False", "FALSE", "0", "no", "n", "off", "", 0}

@@ -47,7 +47,7 @@ def DatasetSource(run_id_field: str = "dataset_run_id", *, data_dir_field: str =
 
     def _check_source(self, data, **kwargs):
         if data.get("load_dataset_from_mlruns") and not data.get(run_id_field):
-            raise ValidationError(f"required when load_dataset_from_mlruns is true", run_id_field)
+            raise ValidationError("required when load_dataset_from_mlruns is true", run_id_field)
 
     attrs["_check_dataset_source"] = validates_schema(_check_source)
     attrs["__dataset_source__"] = {"run_id_field": run_id_field, "data_dir_field": data_dir_field,

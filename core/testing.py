@@ -97,9 +97,10 @@ def gnomon_image_folder(tmp_path):
 @pytest.fixture
 def gnomon_cli(gnomon_home, monkeypatch):
     """Invoke the ``gnomon`` CLI in-process: ``gnomon_cli("tasks", "list", env={"NAME": "value"})``."""
+    from typer.testing import CliRunner
+
     from gnomon.cli import state
     from gnomon.cli.main import build_app
-    from typer.testing import CliRunner
 
     runner = CliRunner()
 

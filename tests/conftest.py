@@ -48,7 +48,7 @@ def mnist_sample_dirs(tmp_path_factory) -> dict[str, Path]:
     for split, prefix in (("training", "train"), ("testing", "t10k")):
         images = _read_idx(SAMPLE_IDX / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(SAMPLE_IDX / f"{prefix}-labels-idx1-ubyte.gz")
-        for i, (img, label) in enumerate(zip(images, labels)):
+        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
             folder = root / split / str(int(label))
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(folder / f"{i}.png")

@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
+
 from gnomon.core.errors import ParamValidationError
 
 PATTERN = {(26, 26), (25, 25), (26, 24), (24, 26)}

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
+
 from gnomon.core.errors import ParamValidationError
 
 PATTERN = {(26, 26), (25, 25), (26, 24), (24, 26)}  # add_pattern_bd, distance 2, on 28x28

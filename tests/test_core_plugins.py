@@ -87,8 +87,8 @@ def test_duplicate_task_name_names_both_plugins(plugin_dir):
     error = plugins.infos["dup"].error
     assert "'builtin'" in error and "'dup'" in error and "dataset_summary" in error
     with pytest.raises(PluginError, match="builtin"):
-        load_plugins(environ={"GNOMON_STRICT_PLUGINS": "1"},
-                     entry_points=[FakeEntryPoint("dup", "fake_dup")]).registry
+        _ = load_plugins(environ={"GNOMON_STRICT_PLUGINS": "1"},
+                         entry_points=[FakeEntryPoint("dup", "fake_dup")]).registry
 
 
 def test_duplicate_model_name_names_both_plugins(plugin_dir):
@@ -122,7 +122,7 @@ def test_unknown_hook_and_bad_registration_are_broken(plugin_dir):
     eps = [FakeEntryPoint("badhook", "fake_badhook"), FakeEntryPoint("badreg", "fake_badreg"),
            FakeEntryPoint("badname", "fake_badname")]
     plugins = load_plugins(environ={}, entry_points=eps)
-    plugins.registry
+    _ = plugins.registry
     assert "register_taskz" in plugins.infos["badhook"].error
     assert "expected gnomon.core.tasks.Task" in plugins.infos["badreg"].error
     assert "lower_snake_case" in plugins.infos["badname"].error
@@ -154,7 +154,7 @@ def test_later_plugin_with_same_name_replaces_earlier(tmp_path, plugin_dir):
 
 def test_trace_writes_hook_calls_to_stderr(capsys):
     plugins = load_plugins(environ={"GNOMON_TRACE_PLUGINS": "1"}, entry_points=[])
-    plugins.registry
+    _ = plugins.registry
     assert "register_tasks" in capsys.readouterr().err
 
 

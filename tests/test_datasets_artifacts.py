@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 import pytest
+from marshmallow import fields
+
 from gnomon.core.datasets import (
     DatasetError,
     ImageDataset,
@@ -27,7 +29,6 @@ from gnomon.core.errors import ParamValidationError, TaskFailedError
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
-from marshmallow import fields
 
 PRODUCED: dict[str, ImageDataset] = {}
 

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from gnomon.core.datasets import (
     DatasetError,
     ImageDataset,
@@ -17,7 +19,6 @@ from gnomon.core.datasets import (
     train_validation_split,
 )
 from gnomon.core.datasets.dataset import to_float, to_uint8
-from PIL import Image
 
 
 def _reference_order(arrays, split):

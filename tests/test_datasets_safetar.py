@@ -6,6 +6,7 @@ import io
 import tarfile
 
 import pytest
+
 from gnomon.core.datasets import DatasetError, UnsafeArchiveError, safe_extract
 
 

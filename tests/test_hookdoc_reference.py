@@ -6,10 +6,11 @@ import inspect
 import re
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from gnomon.cli import state
 from gnomon.cli.main import build_app
 from gnomon.core import hookdoc, hookspecs
-from typer.testing import CliRunner
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
 

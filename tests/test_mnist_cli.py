@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gnomon.cli import state
-from gnomon.cli.main import build_app
 from PIL import Image
 from typer.testing import CliRunner
+
+from gnomon.cli import state
+from gnomon.cli.main import build_app
 
 from .conftest import REPO, SAMPLE_IDX
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from gnomon.core.datasets import ChecksumError, DatasetError, MnistSourceError, mnist_dir, prepare_mnist
 from gnomon.core.datasets import mnist as mnist_mod
 from gnomon.core.datasets.idx import BASENAMES, FULL_MNIST_SHA256, parse_sha256sums
-from PIL import Image
 
 from .conftest import FULL_MNIST, SAMPLE_IDX
 

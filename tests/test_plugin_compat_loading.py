@@ -15,13 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from gnomon.cli import state
 from gnomon.cli.main import build_app
 from gnomon.core import HOOK_API_VERSION
 from gnomon.core.errors import PluginError
 from gnomon.core.plugins import load_plugins
-from typer.testing import CliRunner
-
 from tests.plugin_fakes import TASK_PLUGIN, FakeEntryPoint, write_module
 
 GNOMON = Path(sys.executable).with_name("gnomon")

@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+
 from gnomon.core.plugins import load_plugins
 from gnomon.core.remote import IntegrityError, RemoteError
 from gnomon.core.remote.bundle import build_bundle, extract_bundle, make_tar_gz, sha256_hex

@@ -9,10 +9,10 @@ import json
 import re
 
 import pytest
+
 from gnomon.core.errors import GnomonError
 from gnomon.core.workflows import apply_overrides, parse_workflow, run_workflow
 from gnomon.core.workflows.report import build_report, results_table
-
 from tests import test_workflows_support as support
 
 TOY = '''

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from gnomon.cli.commands import scaffold_cmd
 from gnomon.core import HOOK_API_VERSION
 from gnomon.core.errors import GnomonError

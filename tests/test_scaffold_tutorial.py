@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gnomon.cli.commands import scaffold_cmd
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"

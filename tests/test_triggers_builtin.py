@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gnomon.core.errors import UnknownNameError
 from gnomon.core.plugins import load_plugins
 from gnomon.plugins.builtin.triggers import (

@@ -6,6 +6,7 @@ Uses small real tasks (tests/test_workflows_support.py) on a throwaway MLflow st
 from __future__ import annotations
 
 import pytest
+
 from gnomon.core.workflows import (
     WorkflowFileError,
     WorkflowStepError,
@@ -15,7 +16,6 @@ from gnomon.core.workflows import (
     run_workflow,
 )
 from gnomon.core.workflows.cache import cache_key
-
 from tests import test_workflows_support as support
 
 CHAIN = '''

@@ -4,6 +4,7 @@ baseline run end to end on the shipped MNIST sample with one epoch (slow)."""
 from __future__ import annotations
 
 import pytest
+
 from gnomon.core.workflows import apply_overrides, find_workflow, validate_workflow
 from gnomon.core.workflows.refs import step_dependencies
 

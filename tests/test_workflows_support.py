@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import tarfile
 
+from marshmallow import fields, validate
+
 from gnomon.core.fields import Bool, ModelRef
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
-from marshmallow import fields, validate
 
 CALLS: list[tuple[str, dict]] = []
 #: wf_fail with interrupt=true raises KeyboardInterrupt while this holds an item

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import typer
 
@@ -14,8 +14,8 @@ from ..output import console, print_json, table
 @handle_errors
 def run(
     task: str = typer.Argument(..., help="Task name (see 'gnomon tasks list')."),
-    param: Optional[List[str]] = typer.Option(None, "-P", "--param", help="Parameter as name=value; repeat."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
+    param: List[str] | None = typer.Option(None, "-P", "--param", help="Parameter as name=value; repeat."),
+    experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (default: gnomon)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),

@@ -25,6 +25,8 @@ import math
 import time
 from typing import Any
 
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
 from gnomon.core.fields import (
     Bool,
     Fraction,
@@ -36,7 +38,6 @@ from gnomon.core.fields import (
 )
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .triggers import DEFAULT_TRIGGER, TRIGGER_KIND, TriggerError, make_trigger
 
@@ -271,6 +272,7 @@ def gen_poison_test_data(ctx: Any, **params: Any) -> dict[str, Any]:
     """Trigger ``poison_fraction`` of a dataset with ART's PoisoningAttackBackdoor; write it as an artifact."""
     import numpy as np
     from art.attacks.poisoning import PoisoningAttackBackdoor
+
     from gnomon.core.datasets import write_dataset_artifact
     from gnomon.core.models import one_hot
 
@@ -418,6 +420,7 @@ def _embedding_losses(attack: Any, model: Any, params: dict[str, Any]) -> None:
 def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
     """Train a backdoored model with ART's adversarial embedding; evaluate it clean and triggered; register it."""
     import numpy as np
+
     from gnomon.core.models import (
         build_model,
         compile_model,
@@ -495,6 +498,7 @@ def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
 def _triggered_copy(dataset: Any, trigger: Any, target: int, params: dict[str, Any]):
     """Every sample of ``dataset`` with the trigger applied (true labels kept), marked for ASR."""
     import numpy as np
+
     from gnomon.core.datasets import quantize
 
     x = np.empty_like(dataset.x)
@@ -601,6 +605,7 @@ def gen_poison_clean_data(ctx: Any, **params: Any) -> dict[str, Any]:
     """Clean-label poisons with ART's PoisoningAttackCleanLabelBackdoor: PGD on a proxy model, then the trigger."""
     import numpy as np
     from art.attacks.poisoning import PoisoningAttackBackdoor, PoisoningAttackCleanLabelBackdoor
+
     from gnomon.core.datasets import write_dataset_artifact
     from gnomon.core.models import load_registered_model, one_hot, resolve_model_ref
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
 from gnomon.core.errors import GnomonError
 from gnomon.core.registry import AttackSpec
 

@@ -13,6 +13,7 @@ class DatasetSummarySchema(TaskSchema, DatasetSource("dataset_run_id", default_s
 def dataset_summary(ctx, seed: int, **params) -> dict:
     """Count images per class, record image size, pixel statistics and the dataset's provenance."""
     import numpy as np
+
     from gnomon.core.datasets import resolve_dataset
 
     dataset = resolve_dataset(ctx, params, run_id_field="dataset_run_id")

@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from gnomon_feature_squeezing.defense import feature_squeezing
+
 from gnomon.core.errors import ParamValidationError
 from gnomon.core.plugins import load_plugins
-from gnomon_feature_squeezing.defense import feature_squeezing
 
 
 def _levels(bits: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gnomon.core.errors import ParamValidationError
 from gnomon.core.plugins import load_plugins
 

@@ -14,10 +14,11 @@ and MLflow.
 
 from __future__ import annotations
 
+from marshmallow import ValidationError, fields, validate, validates_schema
+
 from gnomon.core.fields import Bool, ModelRef, PositiveInt, RegistryName
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
-from marshmallow import ValidationError, fields, validate, validates_schema
 
 from .defense import MAX_BIT_DEPTH, MIN_BIT_DEPTH
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 
+from marshmallow import ValidationError, fields, validate, validates_schema
+
 from gnomon.core.fields import Bool, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName
 from gnomon.core.schemas import DatasetSource, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
-from marshmallow import ValidationError, fields, validate, validates_schema
 
 NAME = "fgm"
 NORMS = ("inf", "1", "2")
@@ -132,6 +133,7 @@ def run(ctx, *, model, model_architecture, batch_size, eps, eps_step, norm, mini
         num_random_init, max_samples, adv_tar_name, adv_data_dir, **_source):
     """Attack ``model`` on the input dataset, write the adversarial dataset, log distances and metrics."""
     import numpy as np
+
     from gnomon.core.datasets import quantize, resolve_dataset, write_dataset_artifact
     from gnomon.core.models import evaluate, fit_to_model, load_registered_model, n_outputs, one_hot
     from gnomon.core.perturbation import distance_metrics
@@ -178,6 +180,7 @@ def run(ctx, *, model, model_architecture, batch_size, eps, eps_step, norm, mini
 def evasion_success_rate(model, x_clean, x_adv, y, batch_size: int) -> float | None:
     """Among images ``model`` classifies correctly, the fraction it misclassifies after the attack."""
     import numpy as np
+
     from gnomon.core.models import predict
 
     before = np.argmax(predict(model, x_clean, batch_size), axis=-1)
