@@ -132,21 +132,10 @@ class RunContext:
         if not self.show_progress:
             yield lambda n=1: None
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from .datasets._util import rich_progress
 
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
-        ) as bar:
-            tid = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(tid, n)
+        with rich_progress(description, total=total, console=self.console) as advance:
+            yield advance
 
     def cleanup(self) -> None:
         import shutil

@@ -94,9 +94,11 @@ ProgressFactory = Callable[..., Any]
 
 
 @contextlib.contextmanager
-def rich_progress(description: str, total: float | None = None) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr yielding ``advance(n=1)``; same protocol as ``RunContext.progress``."""
-    from rich.console import Console
+def rich_progress(description: str, total: float | None = None, console: Any = None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (on stderr unless ``console`` is given) yielding ``advance(n=1)``.
+
+    The one progress bar of gnomon: ``RunContext.progress`` uses it too.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -106,7 +108,10 @@ def rich_progress(description: str, total: float | None = None) -> Iterator[Call
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True)
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         tid = bar.add_task(description, total=total)
