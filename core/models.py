@@ -370,6 +370,8 @@ def log_and_register(ctx, model, name: str, register: bool = True, *, architectu
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         out.update(model_name=name, model_version=version)
+        # later steps in this process that load this version get the model in memory
+        _MODELS.put(_memo_key(ctx.engine, name, version), model)
         ctx.output("model_name", name)
         ctx.output("model_version", version)
     ctx.output("model_uri", info.model_uri)
@@ -430,13 +432,75 @@ def model_version_tags(engine, ref: str) -> dict[str, str]:
     return dict(mv.tags or {})
 
 
+class _ModelMemo:
+    """Keras models loaded from the registry in this process, most recently used last.
+
+    A registered model version does not change, so the steps of a workflow that evaluate the same
+    model twelve times load (and trace its predict function) once. The key holds the version's
+    run id and creation time, so a model deleted and registered again under the same name and
+    version number is never served stale. Bounded by ``GNOMON_MODEL_MEMO`` (number of models,
+    default 4; 0 turns it off).
+    """
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self.entries: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def capacity() -> int:
+        import os
+
+        try:
+            return max(0, int(os.environ.get("GNOMON_MODEL_MEMO", "4")))
+        except ValueError:
+            return 4
+
+    def get(self, key):
+        model = self.entries.get(key)
+        if model is not None:
+            self.entries.move_to_end(key)
+        return model
+
+    def put(self, key, model) -> None:
+        capacity = self.capacity()
+        if capacity == 0:
+            self.entries.clear()
+            return
+        self.entries[key] = model
+        self.entries.move_to_end(key)
+        while len(self.entries) > capacity:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_MODELS = _ModelMemo()
+
+
+def _memo_key(engine, name: str, version: str) -> tuple:
+    mv = engine.mlflow_client().get_model_version(name, version)
+    return (str(engine.tracking_uri), name, str(version), mv.run_id, mv.creation_timestamp)
+
+
 def load_registered_model(engine, ref: str):
-    """Load registered model ``name`` or ``name/version`` as a Keras model (compiled if it was)."""
+    """Load registered model ``name`` or ``name/version`` as a Keras model (compiled if it was).
+
+    The model is shared with later callers in this process (see :class:`_ModelMemo`): evaluate and
+    attack it, but do not train or modify it in place; ``keras.models.clone_model`` it first.
+    """
     import mlflow.keras
 
     name, version = resolve_model_ref(engine, ref)
+    key = _memo_key(engine, name, version)
+    model = _MODELS.get(key)
+    if model is not None:
+        return model
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
-        return mlflow.keras.load_model(f"models:/{name}/{version}")
+        model = mlflow.keras.load_model(f"models:/{name}/{version}")
+    _MODELS.put(key, model)
+    return model

@@ -264,6 +264,7 @@ def test_finished_runs_artifacts_are_read_once_per_process(engine, monkeypatch):
     from gnomon.core.datasets import artifacts
 
     produced = engine.run("test_produce", {"seed": 2})
+    artifacts._MEMO.clear()  # forget what the producer left (see the next test)
     calls = []
     real = artifacts.load_dataset_tar
     monkeypatch.setattr(artifacts, "load_dataset_tar", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -278,3 +279,45 @@ def test_finished_runs_artifacts_are_read_once_per_process(engine, monkeypatch):
     read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
     read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
     assert len(calls) == 3
+
+
+def test_a_dataset_written_in_this_process_is_served_exactly_as_the_disk_would(engine, monkeypatch):
+    """The producer's pending memo entry equals a real read of the artifact, field by field."""
+    from gnomon.core.datasets import artifacts
+
+    produced = engine.run("test_produce", {"seed": 4})
+    calls = []
+    real = artifacts.load_dataset_tar
+    monkeypatch.setattr(artifacts, "load_dataset_tar", lambda *a, **k: calls.append(1) or real(*a, **k))
+    served = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    assert calls == []
+    artifacts._MEMO.clear()
+    disk = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    assert calls == [1]
+    np.testing.assert_array_equal(served.x, disk.x)
+    np.testing.assert_array_equal(served.y, disk.y)
+    assert served.class_names == disk.class_names and served.files == disk.files
+    assert served.metadata == disk.metadata
+
+
+def test_a_failed_producers_dataset_is_never_served_from_memory(gnomon_engine_factory):
+    from gnomon.core.datasets import artifacts
+
+    def produce_then_fail(ctx, seed, **params):
+        produce(ctx, seed, 0.1, 3, **params)
+        raise RuntimeError("producer broke after writing")
+
+    class _Failing:
+        @hookimpl
+        def register_tasks(self, register):
+            register(Task(name="test_produce_fail", summary="write, then fail", schema=ProduceSchema,
+                          fn=produce_then_fail))
+
+    engine = gnomon_engine_factory(plugins=[_Failing()])
+    with pytest.raises(TaskFailedError):
+        engine.run("test_produce_fail", {"seed": 1})
+    run = engine.mlflow_client().search_runs([engine.ensure_tracking()])[0]
+    assert run.info.status == "FAILED"
+    assert any(key[1] == run.info.run_id for key in artifacts._MEMO.entries)  # the producer left its data...
+    with pytest.raises(DatasetError, match="has no artifact 'adv_testing.tar'"):  # ...but a FAILED run's is not served
+        read_dataset_artifact(engine, run.info.run_id, "adv_testing.tar", "adv_data")

@@ -138,6 +138,27 @@ def test_report_is_rebuilt_from_the_store_alone(engine, tmp_path):
         _png_ok((tmp_path / "again" / name).read_bytes())
 
 
+def test_example_images_from_memory_equal_those_read_from_the_tars(engine, tmp_path):
+    """In the process that ran the workflow the grid comes from memory; elsewhere from the tars: same pixels."""
+    import numpy as np
+
+    from gnomon.core.datasets import artifacts
+
+    wf = parse_workflow(TOY)
+    result = run_workflow(engine, wf, apply_overrides(wf, {}), make_report=False)
+    artifacts._MEMO.clear()
+    for step in ("clean", "triggered", "triggered_defended"):  # these toy tasks write tars by hand: read them once
+        artifacts.read_dataset_artifact(engine, result.by_name[step].run_id, "data.tar", "toy")
+    in_memory = build_report(engine, result.run_id, out_dir=tmp_path / "mem").data.examples
+    artifacts._MEMO.clear()
+    from_tars = build_report(engine, result.run_id, out_dir=tmp_path / "tars").data.examples
+    assert [label for label, _ in in_memory] == [label for label, _ in from_tars] and in_memory
+    for (_, row_a), (_, row_b) in zip(in_memory, from_tars, strict=True):
+        assert len(row_a) == len(row_b)
+        for a, b in zip(row_a, row_b, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_report_of_a_failed_workflow_and_of_a_non_workflow_run(engine, tmp_path):
     from gnomon.core.workflows import WorkflowStepError
 

@@ -201,7 +201,25 @@ def write_dataset_artifact(ctx: Any, dataset: ImageDataset, tar_name: str, datas
         ctx.log_artifact(staging / tar_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    engine = _engine_of(ctx)
+    if getattr(ctx, "run_id", None) and hasattr(engine, "tracking_uri"):
+        # a later step in this process reads exactly this back: keep it, served once the run finished
+        _MEMO.put(_memo_key(engine, ctx.run_id, tar_name, dataset_name), _as_read_back(written, ctx.run_id, tar_name,
+                                                                                        dataset_name), pending=True)
     return written
+
+
+def _as_read_back(dataset: ImageDataset, run_id: str, tar_name: str, dataset_name: str) -> ImageDataset:
+    """``dataset`` as :func:`read_dataset_artifact` returns it (a copy, with ``source`` and ``artifact``)."""
+    out = _copy_dataset(dataset)
+    out.metadata.setdefault("source", f"runs:/{run_id}/{tar_name}#{dataset_name}")
+    out.metadata["artifact"] = {"run_id": run_id, "tar_name": tar_name, "dataset_name": dataset_name}
+    return out
+
+
+def _memo_key(engine: Any, run_id: str, tar_name: str, dataset_name: str, image_size: Any = None,
+              color_mode: str | None = None) -> tuple:
+    return (engine.tracking_uri, run_id, tar_name, dataset_name, repr(image_size), color_mode)
 
 
 def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any = None,
@@ -327,8 +345,8 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
     tar_name = _check_name(tar_name, "dataset_tar_name", tar=True)
     dataset_name = _check_name(dataset_name, "dataset_name")
     engine = _engine_of(engine)
-    key = (engine.tracking_uri, run_id, tar_name, dataset_name, repr(image_size), color_mode)
-    cached = _MEMO.get(key)
+    key = _memo_key(engine, run_id, tar_name, dataset_name, image_size, color_mode)
+    cached = _MEMO.get(key, confirm=lambda: _run_finished(engine, run_id))
     if cached is not None:
         return _copy_dataset(cached)
     problem = check_artifact(engine, run_id, tar_name)
@@ -349,18 +367,32 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
     return dataset
 
 
+def dataset_in_memory(engine: Any, run_id: str, tar_name: str, dataset_name: str) -> ImageDataset | None:
+    """The artifact's dataset if this process already holds it (read or written here, run FINISHED), else None.
+
+    For readers that only want a peek (a report's example images) and would rather not download
+    and open the tar when the data is at hand. The returned dataset is shared: do not modify it.
+    """
+    engine = _engine_of(engine)
+    key = _memo_key(engine, run_id, tar_name, dataset_name)
+    return _MEMO.get(key, confirm=lambda: _run_finished(engine, run_id))
+
+
 class _DatasetMemo:
-    """Datasets read from FINISHED runs' artifacts, kept in memory for this process.
+    """Datasets read from (or written as) FINISHED runs' artifacts, kept in memory for this process.
 
     A finished run's artifacts do not change, so a workflow whose steps read the same triggered
-    test set seven times reads and decodes it once. Bounded by ``GNOMON_DATASET_MEMO_MB``
-    (default 1024; 0 turns it off); least recently used entries go first.
+    test set seven times decodes it at most once, and not at all when the producing step ran in
+    this process: :func:`write_dataset_artifact` leaves what it wrote here as *pending*, served
+    only once its run is FINISHED (a failed producer's data is never served). Bounded by
+    ``GNOMON_DATASET_MEMO_MB`` (default 1024; 0 turns it off); least recently used entries go first.
     """
 
     def __init__(self) -> None:
         from collections import OrderedDict
 
         self.entries: OrderedDict = OrderedDict()
+        self.pending: set = set()
 
     @staticmethod
     def budget() -> int:
@@ -369,22 +401,35 @@ class _DatasetMemo:
         except ValueError:
             return 1024 * 2**20
 
-    def get(self, key):
+    def get(self, key, confirm=None):
+        """The dataset under ``key``; a pending one only if ``confirm()`` says its run finished."""
         dataset = self.entries.get(key)
-        if dataset is not None:
-            self.entries.move_to_end(key)
+        if dataset is None:
+            return None
+        if key in self.pending:
+            if confirm is None or not confirm():
+                return None
+            self.pending.discard(key)
+        self.entries.move_to_end(key)
         return dataset
 
-    def put(self, key, dataset: ImageDataset) -> None:
+    def put(self, key, dataset: ImageDataset, *, pending: bool = False) -> None:
         budget = self.budget()
         if dataset.x.nbytes > budget:
             return
         self.entries[key] = dataset
+        self.entries.move_to_end(key)
+        if pending:
+            self.pending.add(key)
+        else:
+            self.pending.discard(key)
         while sum(d.x.nbytes for d in self.entries.values()) > budget:
-            self.entries.popitem(last=False)
+            old, _ = self.entries.popitem(last=False)
+            self.pending.discard(old)
 
     def clear(self) -> None:
         self.entries.clear()
+        self.pending.clear()
 
 
 _MEMO = _DatasetMemo()

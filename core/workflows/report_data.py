@@ -208,7 +208,17 @@ class _Images:
         self.metadata: dict[str, Any] = {}
         self._tar = None
         self._dir: Path | None = None
+        self._dataset = None
         if source.run_id:
+            from ..datasets.artifacts import dataset_in_memory
+
+            self._dataset = dataset_in_memory(engine, source.run_id, source.tar_name or "", source.dataset_name or "")
+        if self._dataset is not None:  # this process wrote or read it (the workflow that just ran): no tar to open
+            ds = self._dataset
+            self.metadata = dict(ds.metadata, class_names=list(ds.class_names))
+            files = ds.files or [f"{ds.class_names[int(label)]}/{i}.png" for i, label in enumerate(ds.y)]
+            self.members = {rel: i for i, rel in enumerate(files)}
+        elif source.run_id:
             local = client.download_artifacts(source.run_id, source.tar_name, str(tmp))
             self._tar = tarfile.open(local)
             prefix = (source.dataset_name or "").strip("/")
@@ -243,6 +253,9 @@ class _Images:
         from PIL import Image
 
         member = self.members[rel]
+        if self._dataset is not None:
+            x = self._dataset.x[member]
+            return x[..., 0] if x.shape[-1] == 1 else x  # as a decoded PNG: (h, w) grey or (h, w, 3)
         if self._tar is not None:
             raw = self._tar.extractfile(member).read()
             im = Image.open(io.BytesIO(raw))
