@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -273,5 +274,83 @@ def test_dirs_validation_mode(tmp_path, mnist_sample_dirs, gnomon_home, monkeypa
             load_image_folder(root, progress=False)
     assert len(load_image_folder(root, progress=False)) == len(first)
     monkeypatch.setenv("GNOMON_CACHE_VALIDATE", "sometimes")
-    with pytest.raises(DatasetError, match="GNOMON_CACHE_VALIDATE must be one of files, dirs"):
+    with pytest.raises(DatasetError, match="GNOMON_CACHE_VALIDATE must be one of auto, files, dirs"):
         load_image_folder(root, progress=False)
+
+
+def _no_listing(monkeypatch, folder):
+    listed = []
+    real_list = folder._list_class
+    monkeypatch.setattr(folder, "_list_class", lambda r, c, stat=True: listed.append(c) or real_list(r, c, stat))
+    return listed
+
+
+def test_a_sealed_folder_loads_from_its_seal_and_cache_without_listing(tmp_path, mnist_sample_dirs, gnomon_home,
+                                                                       monkeypatch):
+    """The cheap path: a valid seal + the cache; nothing listed, nothing decoded, same dataset."""
+    from gnomon.core.datasets import folder
+
+    root = tmp_path / "sealed"
+    shutil.copytree(mnist_sample_dirs["testing"], root)
+    reference = load_image_folder(root, cache=False, progress=False)
+    folder.seal_folder(root, content="test")
+    load_image_folder(root, progress=False)  # fills the cache
+    listed = _no_listing(monkeypatch, folder)
+    monkeypatch.setattr(folder, "decode_files", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    again = load_image_folder(root, progress=False)
+    assert listed == []
+    np.testing.assert_array_equal(again.x, reference.x)
+    np.testing.assert_array_equal(again.y, reference.y)
+    assert again.files == reference.files and again.class_names == reference.class_names
+    assert again.metadata == reference.metadata
+    # GNOMON_CACHE_VALIDATE=files never trusts a seal
+    monkeypatch.setenv("GNOMON_CACHE_VALIDATE", "files")
+    with pytest.raises(AssertionError, match="decoded"):  # its own cache key: not filled yet
+        load_image_folder(root, progress=False)
+    assert listed
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "rename", "new_class", "manifest"])
+def test_any_change_to_a_sealed_folder_voids_the_seal(change, tmp_path, mnist_sample_dirs, gnomon_home):
+    from gnomon.core.datasets import folder
+
+    root = tmp_path / "sealed"
+    shutil.copytree(mnist_sample_dirs["testing"], root)
+    folder.seal_folder(root)
+    first = load_image_folder(root, progress=False)
+    victim = root / first.files[0]
+    if change == "add":
+        shutil.copy(victim, victim.with_name("extra.png"))
+    elif change == "remove":
+        victim.unlink()
+    elif change == "rename":
+        victim.rename(victim.with_name("renamed.png"))
+    elif change == "new_class":
+        (root / "zz").mkdir()
+        shutil.copy(victim, root / "zz" / "x.png")
+    else:
+        (root / folder.MANIFEST).write_text(json.dumps({"note": "edited"}))
+    assert folder._sealed_scan(root) is None
+    after = load_image_folder(root, progress=False)
+    expected = {"add": 1, "remove": -1, "rename": 0, "new_class": 1, "manifest": 0}[change]
+    assert len(after) == len(first) + expected
+    if change == "rename":
+        assert any(f.endswith("renamed.png") for f in after.files)
+    if change == "manifest":
+        assert after.metadata["note"] == "edited"
+
+
+def test_prepared_mnist_is_sealed_and_older_preparations_get_sealed(gnomon_home, tmp_path):
+    from gnomon.core.datasets import folder, prepare_mnist
+
+    from .conftest import SAMPLE_IDX
+
+    dest = tmp_path / "mnist"
+    prepare_mnist(dest, str(SAMPLE_IDX), progress=False)
+    for split, n in (("training", 1000), ("testing", 300)):
+        scan = folder._sealed_scan(dest / split)
+        assert scan is not None and len(scan.files) == n
+        assert json.loads((dest / split / folder.SEAL).read_text())["content"].startswith(f"mnist/{split}: sha256 ")
+        (dest / split / folder.SEAL).unlink()  # as prepared by an earlier gnomon
+    prepare_mnist(dest, progress=False)  # already prepared: nothing rewritten, seals added
+    assert folder._sealed_scan(dest / "training") is not None and folder._sealed_scan(dest / "testing") is not None

@@ -35,7 +35,7 @@ def test_prepares_layout_with_exact_pixels(tmp_path, mnist_sample_arrays):
     for split in ("training", "testing"):
         x, y = mnist_sample_arrays[split]
         folder = tmp_path / "mnist" / split
-        assert sorted(p.name for p in folder.iterdir()) == [str(i) for i in range(10)]
+        assert sorted(p.name for p in folder.iterdir()) == [".gnomon-seal.json"] + [str(i) for i in range(10)]
         files = sorted(folder.rglob("*.png"))
         assert len(files) == len(y)
         for n in (0, 1, len(y) - 1):

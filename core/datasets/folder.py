@@ -21,6 +21,9 @@ from .dataset import ImageDataset, to_float
 from .errors import DatasetError
 
 MANIFEST = "gnomon-dataset.json"
+#: Written last into a folder gnomon built itself (``gnomon data mnist``): see :func:`seal_folder`.
+SEAL = ".gnomon-seal.json"
+_SEAL_VERSION = 1
 #: Keys of gnomon-dataset.json that describe the files rather than their provenance.
 STRUCTURAL_KEYS = ("gnomon_dataset_format", "class_names", "files", "image_shape", "n_images", "pixel_format")
 COLOR_MODES = ("grayscale", "rgb")
@@ -39,6 +42,7 @@ class FolderScan:
     manifest: dict[str, Any]
     manifest_stat: tuple[int, int] | None
     dir_stats: list[tuple[int, int]] = field(default_factory=list)  # (size, mtime_ns) of root + class dirs
+    sealed: bool = False  # listed from a valid seal (see seal_folder), not from the file system
 
 
 def _normalise_size(image_size: Any) -> tuple[int, int] | None:
@@ -100,12 +104,16 @@ def _list_class(root: Path, cls: str, stat: bool = True) -> tuple[list[str], lis
     return names, sizes, mtimes
 
 
-VALIDATE_MODES = ("files", "dirs")
+VALIDATE_MODES = ("auto", "files", "dirs")
 
 
 def validate_mode() -> str:
-    """How the cache checks a folder: ``GNOMON_CACHE_VALIDATE`` = ``files`` (default) or ``dirs``."""
-    mode = os.environ.get("GNOMON_CACHE_VALIDATE", "files").strip().lower() or "files"
+    """How the cache checks a folder: ``GNOMON_CACHE_VALIDATE`` = ``auto`` (default), ``files`` or ``dirs``.
+
+    ``auto``: a folder sealed by gnomon (:func:`seal_folder`) whose class folders are untouched
+    since is listed from its seal; any other folder is checked file by file (``files``).
+    """
+    mode = os.environ.get("GNOMON_CACHE_VALIDATE", "auto").strip().lower() or "auto"
     if mode not in VALIDATE_MODES:
         raise DatasetError(f"GNOMON_CACHE_VALIDATE must be one of {', '.join(VALIDATE_MODES)}; got {mode!r}")
     return mode
@@ -156,16 +164,21 @@ def order_files(manifest: dict[str, Any], found: Any, per_class: list[tuple[str,
     return files
 
 
-def scan_folder(path: str | Path, *, stat_files: bool = True) -> FolderScan:
+def scan_folder(path: str | Path, *, stat_files: bool = True, use_seal: bool = False) -> FolderScan:
     """List the class folders and images of ``path`` (nothing decoded).
 
     With ``stat_files`` (default) every image's size and mtime is recorded; without, only the
     names, and ``dir_stats`` holds the (size, mtime) of the root and class folders instead.
+    With ``use_seal`` a valid seal (:func:`seal_folder`) is used instead of listing the folder.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder "
                            "(expected <folder>/<class>/<image files>)")
+    if use_seal:
+        sealed = _sealed_scan(root)
+        if sealed is not None:
+            return sealed
     manifest = read_manifest(root)
     try:
         mst = (root / MANIFEST).stat()
@@ -212,6 +225,67 @@ def scan_folder(path: str | Path, *, stat_files: bool = True) -> FolderScan:
         labels[at:at + len(ordered)] = label
         at += len(ordered)
     return FolderScan(root, class_names, files, labels, stats, manifest, manifest_stat, dir_stats)
+
+
+# -- seals ----------------------------------------------------------------------
+def _stat_pair(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def seal_folder(path: str | Path, content: str | None = None) -> None:
+    """Record ``path``'s listing in ``path/.gnomon-seal.json``, for folders gnomon built and never edits.
+
+    The seal holds the class names, every file in dataset order, the mtime of each class folder
+    and the manifest's (size, mtime), plus ``content`` (what the folder was made from, e.g. the
+    sha256 of MNIST's IDX files). A later load (``GNOMON_CACHE_VALIDATE=auto``) trusts it while the
+    set of class folders, their mtimes and the manifest are unchanged: adding, removing or
+    renaming an image changes its class folder's mtime and voids the seal, so the folder is then
+    scanned file by file again. An image rewritten *in place* under the same name does not change
+    the folder's mtime: do not edit sealed folders by hand (``GNOMON_CACHE_VALIDATE=files`` never
+    trusts seals).
+    """
+    root = Path(path).expanduser()
+    scan = scan_folder(root, stat_files=False, use_seal=False)
+    present = [c for c in scan.class_names if (root / c).is_dir()]
+    data = {"seal": _SEAL_VERSION, "content": content, "class_names": scan.class_names,
+            "class_mtimes": {c: (root / c).stat().st_mtime_ns for c in present},
+            "manifest_stat": list(scan.manifest_stat) if scan.manifest_stat else None, "files": scan.files}
+    tmp = root / f"{SEAL}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, root / SEAL)
+
+
+def _sealed_scan(root: Path) -> FolderScan | None:
+    """The scan a valid seal records, or None (no seal, or the folder changed since it was sealed)."""
+    try:
+        data = json.loads((root / SEAL).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("seal") != _SEAL_VERSION:
+        return None
+    mtimes = data.get("class_mtimes") or {}
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if folders != sorted(mtimes):
+        return None
+    for cls, ns in mtimes.items():
+        if _stat_pair(root / cls) is None or (root / cls).stat().st_mtime_ns != ns:
+            return None
+    manifest_stat = _stat_pair(root / MANIFEST)
+    if (list(manifest_stat) if manifest_stat else None) != data.get("manifest_stat"):
+        return None
+    class_names, files = [str(c) for c in data["class_names"]], [str(f) for f in data["files"]]
+    index = {c: i for i, c in enumerate(class_names)}
+    try:
+        labels = np.fromiter((index[f.split("/", 1)[0]] for f in files), dtype=np.int64, count=len(files))
+    except KeyError:
+        return None
+    manifest = read_manifest(root) if manifest_stat else {}
+    dir_stats = [(0, int(mtimes[c])) for c in sorted(mtimes)]
+    return FolderScan(root, class_names, files, labels, [], manifest, manifest_stat, dir_stats, sealed=True)
 
 
 # -- decoding ---------------------------------------------------------------
@@ -410,7 +484,8 @@ def load_image_folder_u8(path: str | Path, *, image_size: Any = None, color_mode
     """Like :func:`load_image_folder` but returns the raw uint8 array and the scan."""
     size = _normalise_size(image_size)
     mode = _normalise_color(color_mode)
-    scan = scan_folder(path, stat_files=not cache or validate_mode() == "files")
+    mode_ = validate_mode() if cache else "files"
+    scan = scan_folder(path, stat_files=mode_ != "dirs", use_seal=mode_ == "auto")
     target = cache_dir() / f"{cache_key(scan, size, mode)}.npy" if cache else None
     if target is not None and target.is_file():
         arr = _cache_load(target, len(scan.files))
@@ -438,9 +513,11 @@ def load_image_folder(path: str | Path, *, image_size: Any = None, color_mode: s
         color_mode: ``"grayscale"`` (1 channel), ``"rgb"`` (3 channels) or ``None`` (keep:
             grayscale if every image is grayscale, else RGB).
         cache: reuse/store the decoded uint8 array in ``$GNOMON_HOME/cache/datasets``, keyed on
-            the folder's file names, sizes and mtimes and these options. ``GNOMON_CACHE_VALIDATE=dirs``
-            keys on the file names and the class folders' mtimes instead (no per-file ``stat``:
-            faster for huge folders, but a file rewritten in place under the same name goes unnoticed).
+            the folder's file names, sizes and mtimes and these options. A folder gnomon sealed
+            (``gnomon data mnist``; see :func:`seal_folder`) is keyed on its seal instead, with no
+            listing at all. ``GNOMON_CACHE_VALIDATE=files`` ignores seals; ``=dirs`` keys every
+            folder on its file names and the class folders' mtimes (no per-file ``stat``, but a
+            file rewritten in place under the same name goes unnoticed).
         progress: ``None``/``True`` rich bar, ``False`` silent, or a RunContext / progress factory.
         workers: decoding processes (default: CPUs, 1 for small folders; ``GNOMON_WORKERS``).
 

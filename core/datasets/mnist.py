@@ -22,6 +22,7 @@ import numpy as np
 from . import idx
 from ._util import atomic_write_bytes, resolve_progress, run_chunks, worker_count
 from .errors import DatasetError, MnistSourceError
+from .folder import SEAL, seal_folder
 
 MARKER = ".gnomon-mnist.json"
 SPLITS = ("training", "testing")
@@ -262,10 +263,9 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
     progress_factory = resolve_progress(progress)
     marker = read_marker(dest)
     if marker is not None and not force:
-        if source is None:
-            return PrepareResult(dest, False, marker["hashes"], marker.get("counts", {}), marker.get("source", ""))
-        key = _source_key(source)
-        if key is not None and key == marker.get("source_key"):
+        key = _source_key(source) if source is not None else None
+        if source is None or (key is not None and key == marker.get("source_key")):
+            _seal_prepared(dest, marker)
             return PrepareResult(dest, False, marker["hashes"], marker.get("counts", {}), marker.get("source", ""))
     if marker is None and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DatasetError(f"refusing to write MNIST into '{dest}': it exists and is not a folder prepared by "
@@ -283,6 +283,7 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
             # same data from another place: nothing to rewrite, remember the new source
             marker["source"], marker["source_key"] = where, _source_key(source) if source else None
             atomic_write_bytes(dest / MARKER, json.dumps(marker, indent=2, sort_keys=True).encode())
+            _seal_prepared(dest, marker)
             return PrepareResult(dest, False, hashes, marker.get("counts", {}), where)
         counts = {}
         for split, (img_name, lab_name) in idx.SPLIT_FILES.items():
@@ -292,6 +293,7 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
                 raise DatasetError(f"MNIST {split}: {img_name} has {len(images)} images but {lab_name} "
                                    f"has {len(labels)} labels")
             write_split(build / split, images, labels, progress_factory, f"writing MNIST {split}")
+            seal_folder(build / split, content=_content_id(hashes, split))
             counts[split] = int(len(images))
         shutil.rmtree(download_dir)
         marker_data = {"complete": True, "format": 1, "hashes": hashes, "counts": counts, "source": where,
@@ -303,6 +305,21 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
         if build.exists():  # failed, interrupted, or nothing to do
             shutil.rmtree(build, ignore_errors=True)
     return PrepareResult(dest, True, hashes, counts, where)
+
+
+def _content_id(hashes: dict[str, str], split: str) -> str:
+    img_name, lab_name = idx.SPLIT_FILES[split]
+    return f"mnist/{split}: sha256 {hashes.get(img_name, '?')} {hashes.get(lab_name, '?')}"
+
+
+def _seal_prepared(dest: Path, marker: dict[str, Any]) -> None:
+    """Seal the splits of a folder prepared before seals existed (gnomon wrote it: trust it as it is)."""
+    for split in idx.SPLIT_FILES:
+        if (dest / split).is_dir() and not (dest / split / SEAL).is_file():
+            try:
+                seal_folder(dest / split, content=_content_id(marker.get("hashes", {}), split))
+            except (OSError, DatasetError):  # read-only or damaged: loads fall back to a full scan
+                pass
 
 
 def _swap_into_place(build: Path, dest: Path, hashes: dict[str, str] | None = None) -> None:
