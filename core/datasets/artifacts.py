@@ -64,25 +64,18 @@ def artifact_file_names(dataset: ImageDataset) -> list[str]:
 
 
 def _encode_png_chunk(images: np.ndarray) -> list[bytes]:
-    """uint8 ``(k, h, w, c)`` -> PNG bytes (8-bit grayscale for c=1, RGB for c=3)."""
-    import io
+    """uint8 ``(k, h, w, c)`` -> PNG bytes (8-bit grayscale for c=1, RGB for c=3); see :mod:`.png`."""
+    from .png import encode_png
 
-    from PIL import Image
-
-    out = []
-    for img in images:
-        buffer = io.BytesIO()
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
+    return [encode_png(img) for img in images]
 
 
 def _encode_all(u8: np.ndarray, progress: Any, description: str):
-    """Yield ``(start, [png bytes])`` chunks in order, encoded in worker processes for large sets."""
+    """Yield ``(start, [png bytes])`` chunks in order (worker processes only for very large sets)."""
     n = len(u8)
     step = 2000
     starts = list(range(0, n, step))
-    workers = worker_count(n, per_worker_min=4000)
+    workers = worker_count(n, per_worker_min=50000)
     with resolve_progress(progress)(description, total=n) as advance:
         chunks = run_chunks(_encode_png_chunk, [(u8[s:s + step],) for s in starts], workers, advance,
                             [min(step, n - s) for s in starts])
