@@ -67,3 +67,37 @@ def test_gnomon_model_memo_0_turns_it_off(engine, monkeypatch):
     calls = _count_loads(monkeypatch)
     assert load_registered_model(engine, "memo_off") is not load_registered_model(engine, "memo_off")
     assert len(calls) == 2
+
+
+def _count_predicts(monkeypatch, model):
+    calls = []
+    real = model.predict
+    monkeypatch.setattr(model, "predict", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    return calls
+
+
+def test_the_same_model_on_the_same_images_is_predicted_once(monkeypatch):
+    """Keyed on content: new weights or changed pixels are predicted again; results equal a fresh predict."""
+    import keras
+    import numpy as np
+
+    from gnomon.core.models import predict
+
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).random((50, 4), dtype=np.float32)
+    calls = _count_predicts(monkeypatch, model)
+    first = predict(model, x, batch_size=16)
+    first[:] = -1  # a caller scribbling on its copy
+    second = predict(model, x.copy(), batch_size=16)
+    assert calls == [50]
+    np.testing.assert_allclose(second, model(x).numpy(), rtol=1e-6)
+    x[0, 0] += 1.0  # changed in place: a new computation
+    predict(model, x, batch_size=16)
+    assert calls == [50, 50]
+    model.layers[-1].bias.assign(np.ones(3, np.float32))  # "trained further": a new computation
+    third = predict(model, x, batch_size=16)
+    assert calls == [50, 50, 50]
+    np.testing.assert_allclose(third, model(x).numpy(), rtol=1e-6)
+    monkeypatch.setenv("GNOMON_MODEL_MEMO", "0")
+    predict(model, x, batch_size=16)
+    assert len(calls) == 4

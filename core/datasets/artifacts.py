@@ -120,16 +120,6 @@ def write_image_folder(dataset: ImageDataset, folder: Path, *, progress: Any = N
     return ImageDataset(to_float(u8), dataset.y.copy(), list(dataset.class_names), meta, names)
 
 
-def _tar_entry(name: str, size: int | None = None, mtime: float = 0.0) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.mtime = int(mtime)
-    if size is None:
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-    else:
-        info.size, info.mode = size, 0o644
-    return info
-
-
 def write_dataset_tar(dataset: ImageDataset, tar_path: Path, dataset_name: str, *, progress: Any = None,
                       metadata: dict[str, Any] | None = None) -> ImageDataset:
     """Write the tar ``tar_path`` holding ``dataset_name/<class>/<file>.png`` + ``gnomon-dataset.json``.
@@ -138,23 +128,28 @@ def write_dataset_tar(dataset: ImageDataset, tar_path: Path, dataset_name: str, 
     is written under a temporary name and renamed (gzip for ``.tar.gz``/``.tgz``). Returns the dataset
     as it will read back (``x = quantize(x)``).
     """
-    import io
+    import gzip
     import time
 
+    from .tarwriter import TarWriter
+
     u8, names, meta, manifest = _prepare(dataset, metadata)
-    mode = "w:gz" if tar_path.name.endswith((".tar.gz", ".tgz")) else "w"
+    gz = tar_path.name.endswith((".tar.gz", ".tgz"))
     tmp = tar_path.with_name(f".{tar_path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    now = time.time()
     try:
-        with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tar:
-            tar.addfile(_tar_entry(dataset_name, mtime=now))
-            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            tar.addfile(_tar_entry(f"{dataset_name}/{MANIFEST}", len(data), now), io.BytesIO(data))
+        with open(tmp, "wb") as raw:
+            stream = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if gz else raw
+            tar = TarWriter(stream, mtime=time.time())
+            tar.add_dir(dataset_name)
+            tar.add_file(f"{dataset_name}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
             for cls in dataset.class_names:
-                tar.addfile(_tar_entry(f"{dataset_name}/{cls}", mtime=now))
+                tar.add_dir(f"{dataset_name}/{cls}")
             for start, blobs in _encode_all(u8, progress, f"writing {dataset_name}"):
                 for name, blob in zip(names[start:start + len(blobs)], blobs, strict=True):
-                    tar.addfile(_tar_entry(f"{dataset_name}/{name}", len(blob), now), io.BytesIO(blob))
+                    tar.add_file(f"{dataset_name}/{name}", blob)
+            tar.close()
+            if gz:
+                stream.close()
         os.replace(tmp, tar_path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 PIL spends ~50 us per 28x28 image in Python-level plumbing (Image objects, plugin dispatch,
 BytesIO); a dataset artifact is tens of thousands of such images, so gnomon writes the few
 chunks a baseline 8-bit PNG needs (signature, IHDR, one IDAT, IEND; filter type 0 on every
-row) with zlib directly, about 5x faster. Reading stays with PIL, and tests check that PIL
-decodes every image back bit for bit.
+row) with zlib directly, about 5x faster. zlib level 1 by default: on MNIST it is ~1.6x faster
+than level 6 for files ~6% larger. Reading stays with PIL, and tests check that PIL decodes
+every image back bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
 
 
-def encode_png(image: np.ndarray, level: int = 6) -> bytes:
+def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     """uint8 ``(h, w)``, ``(h, w, 1)`` or ``(h, w, 3)`` -> PNG bytes (8-bit grayscale or RGB, no interlace)."""
     img = np.asarray(image)
     if img.dtype != np.uint8:
