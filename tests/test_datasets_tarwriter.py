@@ -42,7 +42,7 @@ def test_tarfile_reads_back_every_member_exactly(compressed):
     with tarfile.open(fileobj=buffer, mode="r:*") as tar:
         members = tar.getmembers()
         assert [m.name for m in members] == [name for name, _ in MEMBERS]
-        for member, (name, data) in zip(members, MEMBERS, strict=True):
+        for member, (_, data) in zip(members, MEMBERS, strict=True):
             assert member.mtime == 1_700_000_000
             if data is None:
                 assert member.isdir() and member.mode == 0o755
