@@ -91,7 +91,8 @@ def test_clean_label_poisons_only_the_target_class_within_eps(engine, trained, m
     target, eps = 7, 0.1
     result = engine.run("gen_poison_clean_data", {
         "data_dir": str(mnist_sample_dirs["training"]), "model": trained["model"], "target_class": target,
-        "poison_fraction": 0.5, "eps": eps, "eps_step": 0.05, "max_iter": 4, "batch_size": 64, "seed": 5})
+        "poison_fraction": 0.5, "norm": "inf", "eps": eps, "eps_step": 0.05, "max_iter": 4, "batch_size": 64,
+        "seed": 5})
     assert result.status == "FINISHED"
     data = read_dataset_artifact(engine, result.run_id, "adversarial_poison.tar.gz", "adv_poison_data")
     n_target = int((labels == target).sum())
@@ -125,6 +126,8 @@ def test_clean_label_poisons_only_the_target_class_within_eps(engine, trained, m
         "output_tar_name": "again.tar"})
     again_data = read_dataset_artifact(engine, again.run_id, "again.tar", "adv_poison_data")
     assert set(again_data.metadata["poisoned_files"]) == poisoned
+    assert again_data.metadata["pgd"]["norm"] == "2"  # the default: an L2 budget
+    assert 0 < again.metrics["pgd_l2_max"] <= eps + 1e-5
 
 
 @pytest.mark.parametrize("params, field", [
