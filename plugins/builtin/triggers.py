@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from gnomon.core.errors import GnomonError
 from gnomon.core.registry import AttackSpec
+
+if TYPE_CHECKING:  # numpy is imported where it is used: listing tasks stays cheap
+    import numpy as np
 
 #: The AttackSpec kind of backdoor triggers.
 TRIGGER_KIND = "trigger"
@@ -48,6 +49,8 @@ class TriggerError(GnomonError):
 
 def _as_batch(x: Any, trigger: str) -> tuple[np.ndarray, bool]:
     """``x`` as a float NHWC array, and whether it came in as NHW (to give it back that way)."""
+    import numpy as np
+
     arr = np.asarray(x)
     if arr.ndim == 3:
         return arr[..., None], True
@@ -66,6 +69,8 @@ def _restore(out: np.ndarray, squeeze: bool, dtype: np.dtype) -> np.ndarray:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
+    import numpy as np
+
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and not (
             isinstance(value, float) and value.is_integer()):
         raise TriggerError(f"trigger option '{name}' must be an integer; got {value!r}")
@@ -102,6 +107,7 @@ def pattern_trigger(distance: int = 2, pixel_value: float = 1.0) -> Callable[[np
     with ``d = distance``, in every channel. Images must be at least ``distance + 2`` pixels
     high and wide.
     """
+
     distance = _check_int("distance", distance, 1)
     pixel_value = _check_unit("pixel_value", pixel_value)
 
@@ -117,6 +123,7 @@ def pattern_trigger(distance: int = 2, pixel_value: float = 1.0) -> Callable[[np
 
 def single_pixel_trigger(distance: int = 2, pixel_value: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
     """ART's single-pixel backdoor: pixel ``(h-distance, w-distance)`` set to ``pixel_value`` in every channel."""
+
     distance = _check_int("distance", distance, 1)
     pixel_value = _check_unit("pixel_value", pixel_value)
 
@@ -142,6 +149,7 @@ def _check_fits(batch: np.ndarray, needed: int, trigger: str, what: str) -> None
 
 def _load_trigger_alpha(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """The trigger picture's alpha channel (h, w) after the same resize ART applies."""
+    import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:
@@ -152,6 +160,8 @@ def _load_trigger_alpha(path: Path, size: tuple[int, int] | None) -> np.ndarray:
 
 
 def _parse_size(size: Any) -> tuple[int, int] | None:
+    import numpy as np
+
     if size is None:
         return None
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
@@ -186,6 +196,8 @@ def image_trigger(path: str | None = None, size: Any = None, blend: float = 0.8,
 
     Only the pixels under the picture's opaque part change; all others keep their exact value.
     """
+    import numpy as np
+
     source = Path(path).expanduser() if path else BUNDLED_IMAGE
     if not source.is_file():
         raise TriggerError(f"trigger option 'path': image file '{source}' does not exist")
