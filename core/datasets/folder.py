@@ -251,9 +251,13 @@ def seal_folder(path: str | Path, content: str | None = None) -> None:
     root = Path(path).expanduser()
     scan = scan_folder(root, stat_files=False, use_seal=False)
     present = [c for c in scan.class_names if (root / c).is_dir()]
+    labels = np.asarray(scan.labels, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.zeros(0, np.int64)
+    runs = [[int(labels[a]), int(b - a)] for a, b in zip(starts, [*starts[1:], len(labels)], strict=True)]
     data = {"seal": _SEAL_VERSION, "content": content, "class_names": scan.class_names,
             "class_mtimes": {c: (root / c).stat().st_mtime_ns for c in present},
-            "manifest_stat": list(scan.manifest_stat) if scan.manifest_stat else None, "files": scan.files}
+            "manifest_stat": list(scan.manifest_stat) if scan.manifest_stat else None, "files": scan.files,
+            "label_runs": runs}  # [label, count] runs in file order: labels without a pass over the names
     tmp = root / f"{SEAL}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, root / SEAL)
@@ -277,11 +281,15 @@ def _sealed_scan(root: Path) -> FolderScan | None:
     manifest_stat = _stat_pair(root / MANIFEST)
     if (list(manifest_stat) if manifest_stat else None) != data.get("manifest_stat"):
         return None
-    class_names, files = [str(c) for c in data["class_names"]], [str(f) for f in data["files"]]
-    index = {c: i for i, c in enumerate(class_names)}
+    class_names, files, runs = data.get("class_names"), data.get("files"), data.get("label_runs")
+    if not (isinstance(class_names, list) and isinstance(files, list) and isinstance(runs, list)):
+        return None
     try:
-        labels = np.fromiter((index[f.split("/", 1)[0]] for f in files), dtype=np.int64, count=len(files))
-    except KeyError:
+        labels = np.repeat(np.asarray([r[0] for r in runs], dtype=np.int64),
+                           np.asarray([r[1] for r in runs], dtype=np.int64))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if len(labels) != len(files) or (len(labels) and not 0 <= labels.min() <= labels.max() < len(class_names)):
         return None
     manifest = read_manifest(root) if manifest_stat else {}
     dir_stats = [(0, int(mtimes[c])) for c in sorted(mtimes)]
