@@ -240,7 +240,7 @@ def early_stopping(patience: int, *, monitor: str, min_delta: float = 0.0):
 
 
 # -- evaluation -------------------------------------------------------------
-_PREDICTIONS = None  # weakref.WeakKeyDictionary: model -> OrderedDict(fingerprint -> probabilities)
+_PREDICTIONS = None  # weakref.WeakKeyDictionary: model -> LRU(fingerprint -> probabilities)
 _PREDICTIONS_PER_MODEL = 8
 
 
@@ -272,20 +272,21 @@ def predict(model, x, batch_size: int = 256, ctx=None):
     Callers get their own copy of the probabilities.
     """
     import weakref
-    from collections import OrderedDict
 
     import numpy as np
 
+    from .memo import LRU
+
     global _PREDICTIONS
     memo = None
-    if _ModelMemo.capacity() > 0:
+    if _model_memo_capacity() > 0:
         if _PREDICTIONS is None:
             _PREDICTIONS = weakref.WeakKeyDictionary()
         key = _prediction_key(model, x, batch_size)
-        memo = _PREDICTIONS.setdefault(model, OrderedDict())
-        if key in memo:
-            memo.move_to_end(key)
-            return memo[key].copy()
+        memo = _PREDICTIONS.setdefault(model, LRU(lambda: _PREDICTIONS_PER_MODEL))
+        remembered = memo.get(key)
+        if remembered is not None:
+            return remembered.copy()
     if ctx is None:
         probs = np.asarray(model.predict(x, batch_size=int(batch_size), verbose=0), dtype=np.float32)
     else:
@@ -299,9 +300,7 @@ def predict(model, x, batch_size: int = 256, ctx=None):
             probs = np.asarray(model.predict(x, batch_size=int(batch_size), verbose=0, callbacks=[_Advance()]),
                                dtype=np.float32)
     if memo is not None:
-        memo[key] = probs.copy()
-        while len(memo) > _PREDICTIONS_PER_MODEL:
-            memo.popitem(last=False)
+        memo.put(key, probs.copy())
     return probs
 
 
@@ -480,51 +479,27 @@ def model_version_tags(engine, ref: str) -> dict[str, str]:
     return dict(mv.tags or {})
 
 
-class _ModelMemo:
-    """Keras models loaded from the registry in this process, most recently used last.
+def _model_memo_capacity() -> int:
+    """``GNOMON_MODEL_MEMO``: how many loaded models to keep (default 4; 0 turns the memos off)."""
+    import os
 
-    A registered model version does not change, so the steps of a workflow that evaluate the same
-    model twelve times load (and trace its predict function) once. The key holds the version's
-    run id and creation time, so a model deleted and registered again under the same name and
-    version number is never served stale. Bounded by ``GNOMON_MODEL_MEMO`` (number of models,
-    default 4; 0 turns it off).
-    """
-
-    def __init__(self) -> None:
-        from collections import OrderedDict
-
-        self.entries: OrderedDict = OrderedDict()
-
-    @staticmethod
-    def capacity() -> int:
-        import os
-
-        try:
-            return max(0, int(os.environ.get("GNOMON_MODEL_MEMO", "4")))
-        except ValueError:
-            return 4
-
-    def get(self, key):
-        model = self.entries.get(key)
-        if model is not None:
-            self.entries.move_to_end(key)
-        return model
-
-    def put(self, key, model) -> None:
-        capacity = self.capacity()
-        if capacity == 0:
-            self.entries.clear()
-            return
-        self.entries[key] = model
-        self.entries.move_to_end(key)
-        while len(self.entries) > capacity:
-            self.entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self.entries.clear()
+    try:
+        return max(0, int(os.environ.get("GNOMON_MODEL_MEMO", "4")))
+    except ValueError:
+        return 4
 
 
-_MODELS = _ModelMemo()
+def _model_memo():
+    from .memo import LRU
+
+    return LRU(_model_memo_capacity)
+
+
+# Keras models loaded from the registry in this process. A registered model version does not
+# change, so the steps of a workflow that evaluate the same model twelve times load (and trace its
+# predict function) once. The key holds the version's run id and creation time, so a model deleted
+# and registered again under the same name and version number is never served stale.
+_MODELS = _model_memo()
 
 
 def _memo_key(engine, name: str, version: str) -> tuple:
@@ -535,7 +510,7 @@ def _memo_key(engine, name: str, version: str) -> tuple:
 def load_registered_model(engine, ref: str):
     """Load registered model ``name`` or ``name/version`` as a Keras model (compiled if it was).
 
-    The model is shared with later callers in this process (see :class:`_ModelMemo`): evaluate and
+    The model is shared with later callers in this process (``GNOMON_MODEL_MEMO``): evaluate and
     attack it, but do not train or modify it in place; ``keras.models.clone_model`` it first.
     """
     import mlflow.keras

@@ -366,6 +366,13 @@ def dataset_in_memory(engine: Any, run_id: str, tar_name: str, dataset_name: str
     return _MEMO.get(key, confirm=lambda: _run_finished(engine, run_id))
 
 
+def _memo_budget() -> int:
+    try:
+        return int(float(os.environ.get("GNOMON_DATASET_MEMO_MB", "1024")) * 2**20)
+    except ValueError:
+        return 1024 * 2**20
+
+
 class _DatasetMemo:
     """Datasets read from (or written as) FINISHED runs' artifacts, kept in memory for this process.
 
@@ -377,46 +384,30 @@ class _DatasetMemo:
     """
 
     def __init__(self) -> None:
-        from collections import OrderedDict
+        from ..memo import LRU
 
-        self.entries: OrderedDict = OrderedDict()
+        self.lru = LRU(_memo_budget, size=lambda dataset: dataset.x.nbytes)
         self.pending: set = set()
 
-    @staticmethod
-    def budget() -> int:
-        try:
-            return int(float(os.environ.get("GNOMON_DATASET_MEMO_MB", "1024")) * 2**20)
-        except ValueError:
-            return 1024 * 2**20
+    @property
+    def entries(self):
+        return self.lru.entries
 
     def get(self, key, confirm=None):
         """The dataset under ``key``; a pending one only if ``confirm()`` says its run finished."""
-        dataset = self.entries.get(key)
-        if dataset is None:
-            return None
-        if key in self.pending:
+        if key in self.pending and key in self.lru:
             if confirm is None or not confirm():
                 return None
             self.pending.discard(key)
-        self.entries.move_to_end(key)
-        return dataset
+        return self.lru.get(key)
 
     def put(self, key, dataset: ImageDataset, *, pending: bool = False) -> None:
-        budget = self.budget()
-        if dataset.x.nbytes > budget:
-            return
-        self.entries[key] = dataset
-        self.entries.move_to_end(key)
-        if pending:
-            self.pending.add(key)
-        else:
-            self.pending.discard(key)
-        while sum(d.x.nbytes for d in self.entries.values()) > budget:
-            old, _ = self.entries.popitem(last=False)
-            self.pending.discard(old)
+        (self.pending.add if pending else self.pending.discard)(key)
+        for evicted in self.lru.put(key, dataset):
+            self.pending.discard(evicted)
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.lru.clear()
         self.pending.clear()
 
 

@@ -276,7 +276,8 @@ def _sealed_scan(root: Path) -> FolderScan | None:
     if folders != sorted(mtimes):
         return None
     for cls, ns in mtimes.items():
-        if _stat_pair(root / cls) is None or (root / cls).stat().st_mtime_ns != ns:
+        stat = _stat_pair(root / cls)
+        if stat is None or stat[1] != ns:
             return None
     manifest_stat = _stat_pair(root / MANIFEST)
     if (list(manifest_stat) if manifest_stat else None) != data.get("manifest_stat"):
