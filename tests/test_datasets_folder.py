@@ -354,3 +354,17 @@ def test_prepared_mnist_is_sealed_and_older_preparations_get_sealed(gnomon_home,
         (dest / split / folder.SEAL).unlink()  # as prepared by an earlier gnomon
     prepare_mnist(dest, progress=False)  # already prepared: nothing rewritten, seals added
     assert folder._sealed_scan(dest / "training") is not None and folder._sealed_scan(dest / "testing") is not None
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[]", '{"seal": 99}', '{"seal": 1, "class_mtimes": {}}'])
+def test_a_damaged_seal_is_ignored_and_the_folder_scanned(garbage, tmp_path, mnist_sample_dirs, gnomon_home):
+    from gnomon.core.datasets import folder
+
+    root = tmp_path / "sealed"
+    shutil.copytree(mnist_sample_dirs["testing"], root)
+    reference = load_image_folder(root, cache=False, progress=False)
+    (root / folder.SEAL).write_text(garbage)
+    assert folder._sealed_scan(root) is None
+    again = load_image_folder(root, progress=False)
+    assert again.files == reference.files
+    np.testing.assert_array_equal(again.x, reference.x)
