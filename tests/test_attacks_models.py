@@ -98,6 +98,8 @@ def test_clean_label_poisons_only_the_target_class_within_eps(engine, trained, m
     n_target = int((labels == target).sum())
     poisoned = set(data.metadata["poisoned_files"])
     assert len(poisoned) == round(0.5 * n_target) == result.metrics["n_poisoned"]
+    truth = data.poison_ground_truth()
+    assert truth is not None and {f for f, m in zip(data.files, truth, strict=True) if m} == poisoned
     assert data.metadata["target_class"] == target
     assert data.metadata["proxy_model"] == trained["model"]
     reference = images.astype(np.float32) / 255.0

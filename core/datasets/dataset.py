@@ -110,6 +110,39 @@ class ImageDataset:
             mask |= np.fromiter((f in wanted for f in self.files), dtype=bool, count=len(self))
         return mask
 
+    @property
+    def poison_known(self) -> bool:
+        """True when the metadata says which samples were poisoned (possibly none of them).
+
+        Every gnomon poisoning task records it (``poisoned_files`` in the artifact, an empty list
+        when nothing was triggered); a clean folder, a hand-made tar or another tool's data
+        does not, and then the ground truth is unknown rather than "all clean".
+        """
+        if self.metadata.get("poisoned_indices") is not None:
+            return True
+        return self.metadata.get("poisoned_files") is not None and (
+            self.files is not None or not self.metadata["poisoned_files"])
+
+    def poison_ground_truth(self) -> np.ndarray | None:
+        """:meth:`poisoned_mask` when the poisoned samples are known (:attr:`poison_known`), else None.
+
+        For scoring detectors (precision, recall against the truth). Raises
+        :class:`~gnomon.core.datasets.errors.DatasetError` when ``poisoned_files`` names files this
+        dataset does not hold: the marks then describe other data and would silently score wrong.
+        """
+        if not self.poison_known:
+            return None
+        poisoned_files = self.metadata.get("poisoned_files") or []
+        if poisoned_files and self.files is not None:
+            missing = set(poisoned_files).difference(self.files)
+            if missing:
+                from .errors import DatasetError
+
+                shown = ", ".join(sorted(missing)[:3]) + (" ..." if len(missing) > 3 else "")
+                raise DatasetError(f"the dataset's metadata marks {len(missing)} poisoned file(s) it does not hold "
+                                   f"({shown}); its poisoning ground truth does not describe these samples")
+        return self.poisoned_mask()
+
     # -- derived datasets ---------------------------------------------------
     def replace(self, **changes: Any) -> ImageDataset:
         """A copy with some attributes changed (metadata deep-copied unless given)."""
