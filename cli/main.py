@@ -6,7 +6,6 @@ at import time) may import tensorflow, art or mlflow.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
@@ -93,12 +92,13 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from gnomon.core.engine import debug_enabled
         from gnomon.core.errors import GnomonError
 
         try:
             return fn(*args, **kwargs)
         except GnomonError as exc:
-            if state.options.get("debug") or os.environ.get("GNOMON_DEBUG"):
+            if state.options.get("debug") or debug_enabled():
                 import traceback
 
                 traceback.print_exc()

@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -196,4 +195,7 @@ def _param_str(value: Any) -> str:
 
 
 def debug_enabled() -> bool:
-    return os.environ.get("GNOMON_DEBUG", "").lower() in {"1", "true", "yes"}
+    """``GNOMON_DEBUG`` (see :mod:`gnomon.core.settings`)."""
+    from . import settings
+
+    return settings.debug()

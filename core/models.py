@@ -481,12 +481,9 @@ def model_version_tags(engine, ref: str) -> dict[str, str]:
 
 def _model_memo_capacity() -> int:
     """``GNOMON_MODEL_MEMO``: how many loaded models to keep (default 4; 0 turns the memos off)."""
-    import os
+    from . import settings
 
-    try:
-        return max(0, int(os.environ.get("GNOMON_MODEL_MEMO", "4")))
-    except ValueError:
-        return 4
+    return settings.model_memo()
 
 
 def _model_memo():

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import HOOK_API_VERSION, hookspecs
+from . import HOOK_API_VERSION, hookspecs, settings
 from .errors import DuplicateNameError, GnomonError, PluginError
 from .registry import AttackSpec, DefenseSpec, ModelSpec, Registry, WorkflowSpec
 from .tasks import Task
@@ -83,17 +83,6 @@ class PluginInfo:
             "warnings": self.warnings,
             "shadows": self.shadows,
         }
-
-
-def _env_list(name: str, environ) -> list[str] | None:
-    value = environ.get(name)
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class PluginSet:
@@ -231,13 +220,12 @@ def load_plugins(
     Arguments default to the ``GNOMON_*`` environment variables (see the module doc).
     ``entry_points`` replaces the installed entry points (tests pass fake ones).
     """
-    environ = os.environ if environ is None else environ
-    load = _env_list("GNOMON_LOAD_PLUGINS", environ) if load is None else list(load)
-    disable = set(_env_list("GNOMON_DISABLE_PLUGINS", environ) or []) if disable is None else set(disable)
-    strict = _truthy(environ.get("GNOMON_STRICT_PLUGINS")) if strict is None else strict
-    trace = _truthy(environ.get("GNOMON_TRACE_PLUGINS")) if trace is None else trace
+    load = settings.names("GNOMON_LOAD_PLUGINS", environ) if load is None else list(load)
+    disable = set(settings.names("GNOMON_DISABLE_PLUGINS", environ) or []) if disable is None else set(disable)
+    strict = settings.flag("GNOMON_STRICT_PLUGINS", environ) if strict is None else strict
+    trace = settings.flag("GNOMON_TRACE_PLUGINS", environ) if trace is None else trace
     if plugin_path is None:
-        plugin_path = [p for p in environ.get("GNOMON_PLUGIN_PATH", "").split(os.pathsep) if p]
+        plugin_path = settings.paths("GNOMON_PLUGIN_PATH", environ)
 
     pm = new_plugin_manager()
     infos: dict[str, PluginInfo] = {}

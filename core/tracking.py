@@ -16,7 +16,9 @@ DEFAULT_EXPERIMENT = "gnomon"
 
 def gnomon_home() -> Path:
     """gnomon's data folder (``$GNOMON_HOME`` or ``~/.gnomon``)."""
-    return Path(os.environ.get("GNOMON_HOME") or Path.home() / ".gnomon").expanduser()
+    from . import settings
+
+    return settings.home()
 
 
 def default_tracking_uri() -> str:
@@ -33,7 +35,9 @@ def is_embedded(uri: str) -> bool:
 
 def experiment_name(explicit: str | None = None) -> str:
     """``--experiment``, else ``GNOMON_EXPERIMENT``, else ``gnomon``."""
-    return explicit or os.environ.get("GNOMON_EXPERIMENT") or DEFAULT_EXPERIMENT
+    from . import settings
+
+    return explicit or settings.text("GNOMON_EXPERIMENT") or DEFAULT_EXPERIMENT
 
 
 def quiet_mlflow() -> None:

@@ -24,12 +24,11 @@ def natural_key(name: str) -> tuple:
 
 def worker_count(n_items: int, per_worker_min: int = 2000) -> int:
     """How many processes to use for ``n_items`` (``GNOMON_WORKERS`` overrides; 1 = in-process)."""
-    env = os.environ.get("GNOMON_WORKERS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
+    from .. import settings
+
+    env = settings.number("GNOMON_WORKERS", 0)
+    if env >= 1:
+        return int(env)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux

@@ -367,10 +367,9 @@ def dataset_in_memory(engine: Any, run_id: str, tar_name: str, dataset_name: str
 
 
 def _memo_budget() -> int:
-    try:
-        return int(float(os.environ.get("GNOMON_DATASET_MEMO_MB", "1024")) * 2**20)
-    except ValueError:
-        return 1024 * 2**20
+    from .. import settings
+
+    return settings.dataset_memo_bytes()
 
 
 class _DatasetMemo:

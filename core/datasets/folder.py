@@ -113,7 +113,9 @@ def validate_mode() -> str:
     ``auto``: a folder sealed by gnomon (:func:`seal_folder`) whose class folders are untouched
     since is listed from its seal; any other folder is checked file by file (``files``).
     """
-    mode = os.environ.get("GNOMON_CACHE_VALIDATE", "auto").strip().lower() or "auto"
+    from .. import settings
+
+    mode = (settings.text("GNOMON_CACHE_VALIDATE") or "auto").strip().lower() or "auto"
     if mode not in VALIDATE_MODES:
         raise DatasetError(f"GNOMON_CACHE_VALIDATE must be one of {', '.join(VALIDATE_MODES)}; got {mode!r}")
     return mode
@@ -446,10 +448,9 @@ def _cache_load(path: Path, n: int) -> np.ndarray | None:
 
 def cache_limit_bytes() -> int:
     """The cache's size cap: ``GNOMON_CACHE_MAX_MB`` (default 4096 MB)."""
-    try:
-        return int(float(os.environ.get("GNOMON_CACHE_MAX_MB", "4096")) * 1e6)
-    except ValueError:
-        return int(4096e6)
+    from .. import settings
+
+    return int(settings.number("GNOMON_CACHE_MAX_MB", 4096) * 1e6)
 
 
 def _evict(folder: Path, keep: Path) -> None:

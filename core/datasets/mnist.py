@@ -90,10 +90,9 @@ def _source_key(source: str) -> Any:
 
 
 def _timeout() -> float:
-    try:
-        return float(os.environ.get("GNOMON_DOWNLOAD_TIMEOUT", "30"))
-    except ValueError:
-        return 30.0
+    from .. import settings
+
+    return settings.number("GNOMON_DOWNLOAD_TIMEOUT", 30.0)
 
 
 def _download(url: str, target: Path, progress_factory) -> None:
@@ -168,10 +167,9 @@ def _local_files(source: str) -> tuple[dict[str, Path], dict[str, str] | None]:
 
 
 def _mirrors() -> list[str]:
-    env = os.environ.get("GNOMON_MNIST_MIRRORS")
-    if env:
-        return [m.strip() for m in env.split(",") if m.strip()]
-    return list(MIRRORS)
+    from .. import settings
+
+    return settings.names("GNOMON_MNIST_MIRRORS") or list(MIRRORS)
 
 
 def load_source(source: str | None, workdir: Path, progress_factory) -> tuple[dict[str, bytes], dict[str, str], str]:
@@ -259,7 +257,9 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
     Returns a :class:`PrepareResult`; ``created`` is False when ``dest`` already held that data.
     """
     dest = Path(dest).expanduser() if dest else default_mnist_dest()
-    source = source or os.environ.get("GNOMON_MNIST_SOURCE") or None
+    from .. import settings
+
+    source = source or settings.text("GNOMON_MNIST_SOURCE")
     progress_factory = resolve_progress(progress)
     marker = read_marker(dest)
     if marker is not None and not force:

@@ -8,7 +8,6 @@ run id, error).
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Any
@@ -24,7 +23,9 @@ FINAL = {"finished", "failed", "stopped", "canceled"}
 
 def redis_url(explicit: str | None = None) -> str:
     """``--redis``, else ``GNOMON_REDIS_URL``, else ``redis://127.0.0.1:6379/0``."""
-    return explicit or os.environ.get("GNOMON_REDIS_URL") or DEFAULT_REDIS
+    from .. import settings
+
+    return explicit or settings.text("GNOMON_REDIS_URL") or DEFAULT_REDIS
 
 
 def redact(url: str) -> str:

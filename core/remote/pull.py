@@ -35,9 +35,10 @@ MANIFEST_FILE = ".manifest.json"
 
 def default_cache() -> Path:
     """``$GNOMON_PLUGIN_CACHE``, else ``$GNOMON_HOME/plugin-cache``."""
+    from .. import settings
     from ..tracking import gnomon_home
 
-    explicit = os.environ.get("GNOMON_PLUGIN_CACHE")
+    explicit = settings.text("GNOMON_PLUGIN_CACHE")
     return Path(explicit).expanduser() if explicit else gnomon_home() / "plugin-cache"
 
 

@@ -56,11 +56,13 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
     job = _current_job()
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
     _save(job, function_started_at=time.time(), worker_host=socket.gethostname(), attempts=attempts)
-    url = os.environ.get(ENV_PLUGINS)
+    from .. import settings
+
+    url = settings.text(ENV_PLUGINS)
     try:
         if url:
             began = time.perf_counter()
-            report = pull(url, os.environ.get(ENV_CACHE) or None, version=manifest_id)
+            report = pull(url, settings.text(ENV_CACHE), version=manifest_id)
             _save(job, pulled_manifest=report.manifest_id, pull_s=round(time.perf_counter() - began, 4))
             plugins = load_synced_plugins(report.set_dir)
         else:

@@ -323,7 +323,9 @@ def imagenet_weights_problem(architecture: str, timeout: float = 3.0) -> str | N
         return None
     hint = (f"pass a local copy with -P weights=/path/to/{IMAGENET_FILES[architecture]} "
             f"(or put it in {cache.parent}), or use -P weights=none")
-    if os.environ.get("GNOMON_OFFLINE", "").lower() in ("1", "true", "yes"):
+    from gnomon.core import settings
+
+    if settings.flag("GNOMON_OFFLINE"):
         return f"ImageNet weights for {architecture} are not in the Keras cache and GNOMON_OFFLINE is set: {hint}"
     result: dict[str, Any] = {}
 
