@@ -24,6 +24,18 @@ class ParamValidationError(GnomonError):
         super().__init__("\n".join(lines))
 
 
+class MalformedParamError(ParamValidationError):
+    """A ``-P`` option is not ``name=value`` (or names a parameter twice); no task is involved yet."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("-P", errors)
+        lines = ["malformed -P option" + ("s" if sum(map(len, self.errors.values())) > 1 else "") + ":"]
+        for option, messages in sorted(self.errors.items()):
+            for message in messages:
+                lines.append(f"  -P {option}: {message}")
+        self.args = ("\n".join(lines),)
+
+
 class UnknownNameError(GnomonError):
     """A task, model or other registered name does not exist."""
 

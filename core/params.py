@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from marshmallow import ValidationError, fields, validate
 
-from .errors import GnomonError, ParamValidationError
+from .errors import GnomonError, MalformedParamError, ParamValidationError
 from .fields import RegistryName, reset_registry, use_registry
 from .tasks import Task
 
@@ -15,19 +15,25 @@ from .tasks import Task
 def parse_cli_params(pairs: Iterable[str]) -> dict[str, str]:
     """Turn ``["epochs=3", "optimizer=adam"]`` into a dict of strings.
 
-    Raises :class:`GnomonError` for an item without ``=`` or a name given twice.
+    Raises :class:`MalformedParamError` (exit status 2) naming every item without ``=``, with an
+    empty name, or naming a parameter twice.
     """
     out: dict[str, str] = {}
+    errors: dict[str, list[str]] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ParamValidationError("-P", {pair: ["expected name=value"]})
+            errors.setdefault(pair, []).append("expected name=value")
+            continue
         name, value = pair.split("=", 1)
         name = name.strip()
         if not name:
-            raise ParamValidationError("-P", {pair: ["parameter name is empty"]})
-        if name in out:
-            raise ParamValidationError("-P", {name: ["given more than once"]})
-        out[name] = value
+            errors.setdefault(pair, []).append("parameter name is empty (expected name=value)")
+        elif name in out:
+            errors.setdefault(pair, []).append(f"'{name}' is given more than once")
+        else:
+            out[name] = value
+    if errors:
+        raise MalformedParamError(errors)
     return out
 
 

@@ -8,18 +8,28 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from .fields import Bool, ModelRef, PositiveInt, RegistryName
+from .fields import INT64_MAX, INT64_MIN, Bool, FileName, ModelRef, PositiveInt, RegistryName, check_int64
 
 
 class TaskSchema(Schema):
-    """Base for task schemas: unknown parameters are errors; every task takes ``seed``."""
+    """Base for task schemas: unknown parameters are errors; every task takes ``seed``.
+
+    Every integer field, whatever its own range, is also held to the int64 range NumPy and
+    TensorFlow accept, so an absurd value is refused here rather than inside the run.
+    """
 
     class Meta:
         unknown = RAISE
         ordered = True
 
-    seed = fields.Integer(load_default=0, metadata={
+    seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=INT64_MAX), metadata={
         "description": "Seed for every random choice (Python, NumPy, TensorFlow); same seed, same result."})
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        if isinstance(field_obj, fields.Integer) and check_int64 not in field_obj.validators and not any(
+                isinstance(v, validate.Range) and v.min is not None and v.max is not None
+                and INT64_MIN <= v.min and v.max <= INT64_MAX for v in field_obj.validators):
+            field_obj.validators.append(check_int64)  # no bounded range of its own: hold it to int64
 
 
 def DatasetSource(run_id_field: str = "dataset_run_id", *, data_dir_field: str = "data_dir",
@@ -39,9 +49,9 @@ def DatasetSource(run_id_field: str = "dataset_run_id", *, data_dir_field: str =
             "description": f"Read the dataset from the artifact of run '{run_id_field}' instead of a folder."}),
         run_id_field: fields.String(load_default=None, allow_none=True, metadata={
             "description": "MLflow run id holding the dataset artifact (with load_dataset_from_mlruns)."}),
-        "dataset_tar_name": fields.String(load_default=default_tar, metadata={
+        "dataset_tar_name": FileName(tar=True, load_default=default_tar, metadata={
             "description": "Tar artifact name of the dataset."}),
-        "dataset_name": fields.String(load_default=default_name, metadata={
+        "dataset_name": FileName(load_default=default_name, metadata={
             "description": "Folder inside the tar holding the class folders."}),
     }
 

@@ -102,3 +102,59 @@ def test_json_schema_export(registry):
     assert props["model_architecture"]["enum"] == ["le_net", "plugin_net"]
     assert props["register_model"]["type"] == "boolean"
     assert props["seed"]["default"] == 0
+
+
+# -- issue 15 probes: values that used to pass validation and fail inside the run ------------------
+class PlainIntSchema(TaskSchema):
+    count = fields.Integer(load_default=0)                       # no range of its own
+    index = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+PLAIN = Task(name="plain", summary="", schema=PlainIntSchema, fn=lambda ctx, **kw: None)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", "99999999999999999999999", "less than or equal to 2147483647"),
+    ("batch_size", str(2**31), "less than or equal to 2147483647"),
+    ("seed", "-1", "greater than or equal to 0"),
+    ("seed", str(2**64), "less than or equal to 9223372036854775807"),
+    ("model", "", "must not be empty"),
+    ("model", "   ", "must not be empty"),
+    ("dataset_tar_name", "../evil.tar", "plain file or folder name"),
+    ("dataset_tar_name", "a/b.tar", "plain file or folder name"),
+    ("dataset_tar_name", "..\\evil.tar", "plain file or folder name"),
+    ("dataset_tar_name", "evil.zip", "must end with .tar"),
+    ("dataset_name", "", "must not be empty"),
+    ("dataset_name", "..", "plain file or folder name"),
+    ("dataset_name", ".hidden", "plain file or folder name"),
+])
+def test_out_of_range_empty_and_path_values_are_refused(registry, field, value, message):
+    with pytest.raises(ParamValidationError) as info:
+        validate_params(DEMO, {field: value}, registry)
+    assert list(info.value.errors) == [field] and message in info.value.errors[field][0]
+
+
+def test_every_integer_field_is_held_to_int64():
+    with pytest.raises(ParamValidationError) as info:
+        validate_params(PLAIN, {"count": str(2**63), "index": str(-(2**63) - 1)})
+    assert set(info.value.errors) == {"count", "index"}
+    assert "out of range" in info.value.errors["count"][0]
+    ok = validate_params(PLAIN, {"count": str(2**63 - 1), "index": "0"})
+    assert ok["count"] == 2**63 - 1
+    # the int64 guard is invisible in the JSON Schema of a bounded field, and ranges still show
+    assert json_schema(DEMO)["properties"]["batch_size"]["maximum"] == 2**31 - 1
+
+
+def test_largest_accepted_values_still_pass(registry):
+    ok = validate_params(DEMO, {"batch_size": str(2**31 - 1), "seed": str(2**63 - 1), "model": "m/3",
+                                "dataset_tar_name": "x.tar.gz", "dataset_name": "adv_testing"}, registry)
+    assert ok["batch_size"] == 2**31 - 1 and ok["model"] == "m/3"
+
+
+def test_malformed_cli_option_is_not_reported_under_a_task():
+    with pytest.raises(ParamValidationError) as info:
+        parse_cli_params(["epochs", "a=1", "a=2"])
+    text = str(info.value)
+    assert info.value.exit_code == 2
+    assert "task" not in text and "malformed -P options" in text
+    assert "-P epochs: expected name=value" in text and "'a' is given more than once" in text

@@ -102,6 +102,8 @@ def test_checksum_failures_are_clear_and_write_nothing(tmp_path):
 
 
 def test_full_mnist_hashes_match_the_shared_readme():
+    if not (FULL_MNIST / "README.md").is_file():  # a user's clone has no ../shared
+        pytest.skip(f"no full-MNIST README at {FULL_MNIST}")
     readme = (FULL_MNIST / "README.md").read_text()
     listed = dict(re.findall(r"\|\s*([a-z0-9-]+-ubyte)\s*\|\s*([0-9a-f]{64})\s*\|", readme))
     assert listed == FULL_MNIST_SHA256

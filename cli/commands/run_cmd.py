@@ -23,9 +23,9 @@ def run(
     """Run TASK with parameters given as -P name=value (validated before anything starts)."""
     from gnomon.core.params import parse_cli_params
 
+    params = parse_cli_params(param or [])  # a malformed -P fails before anything is opened
     engine = state.engine(experiment)
     engine.show_progress = not (no_progress or as_json)
-    params = parse_cli_params(param or [])
     result = engine.run(task, params)
     if as_json:
         print_json(result.to_dict())

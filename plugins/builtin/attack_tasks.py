@@ -29,6 +29,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from gnomon.core.fields import (
     Bool,
+    FileName,
     Fraction,
     NonNegativeInt,
     PositiveFloat,
@@ -93,10 +94,10 @@ class TriggerParams(Schema):
 class PoisonOutput(Schema):
     """Where a poisoning task writes its dataset artifact."""
 
-    output_tar_name = fields.String(load_default=None, allow_none=True, metadata={
+    output_tar_name = FileName(tar=True, load_default=None, allow_none=True, metadata={
         "description": f"Tar artifact the poisoned dataset is written to (default: {DEFAULT_TAR}). Pass it as "
                        "dataset_tar_name to infer, train or a defense."})
-    output_dataset_name = fields.String(load_default=None, allow_none=True, metadata={
+    output_dataset_name = FileName(load_default=None, allow_none=True, metadata={
         "description": f"Folder inside the tar (default: {DEFAULT_NAME}). Pass it as dataset_name to infer, "
                        "train or a defense."})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from gnomon.core.fields import Bool, ModelRef, PositiveInt, RegistryName
+from gnomon.core.fields import Bool, FileName, ModelRef, PositiveInt, RegistryName
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
 
@@ -45,9 +45,9 @@ class FeatureSqueezingSchema(TaskSchema, DatasetSource("dataset_run_id", default
         "description": "ART flag: squeeze training data when attached to an estimator."})
     feature_squeezing_apply_predict = Bool(load_default=True, metadata={
         "description": "ART flag: squeeze data at prediction time when attached to an estimator."})
-    def_tar_name = fields.String(load_default="feature_squeezing_dataset.tar.gz", metadata={
+    def_tar_name = FileName(tar=True, load_default="feature_squeezing_dataset.tar.gz", metadata={
         "description": "Tar artifact name of the squeezed dataset."})
-    def_data_dir = fields.String(load_default="adv_testing", metadata={
+    def_data_dir = FileName(load_default="adv_testing", metadata={
         "description": "Folder inside the tar holding the class folders of the squeezed dataset."})
 
     @validates_schema

@@ -19,7 +19,7 @@ import math
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from gnomon.core.fields import Bool, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName
+from gnomon.core.fields import Bool, FileName, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName
 from gnomon.core.schemas import DatasetSource, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
 
@@ -52,9 +52,9 @@ class FgmSchema(TaskSchema, DatasetSource("dataset_run_id"), RegisteredModel):
         "description": "Random starting points inside the eps-ball (0: start from the image); seeded by seed."})
     max_samples = NonNegativeInt(load_default=0, metadata={
         "description": "Attack a seeded random subset of this many images (0: the whole dataset)."})
-    adv_tar_name = fields.String(load_default=ADV_TAR_NAME, metadata={
+    adv_tar_name = FileName(tar=True, load_default=ADV_TAR_NAME, metadata={
         "description": "Tar artifact name of the adversarial dataset."})
-    adv_data_dir = fields.String(load_default=ADV_DATA_DIR, metadata={
+    adv_data_dir = FileName(load_default=ADV_DATA_DIR, metadata={
         "description": "Folder inside the tar holding the class folders of the adversarial dataset."})
 
     @validates_schema
