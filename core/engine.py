@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import GnomonError, ParamValidationError, TaskFailedError, UnknownNameError
+from .jsonable import jsonable
 from .params import validate_params
 from .plugins import PluginSet, load_plugins
 from .registry import Registry
@@ -42,15 +43,11 @@ class RunResult:
             "task": self.task,
             "status": self.status,
             "experiment_id": self.experiment_id,
-            "params": {k: _jsonable(v) for k, v in self.params.items()},
+            "params": {k: jsonable(v) for k, v in self.params.items()},
             "metrics": self.metrics,
-            "outputs": {k: _jsonable(v) for k, v in self.outputs.items()},
+            "outputs": {k: jsonable(v) for k, v in self.outputs.items()},
             "duration_s": round(self.duration_s, 3),
         }
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
 
 
 class Engine:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonable import jsonable
 from ._util import resolve_progress, run_chunks, worker_count
 from .dataset import ImageDataset, to_float, to_uint8
 from .errors import DatasetError
@@ -34,20 +35,6 @@ def _check_name(value: str, what: str, *, tar: bool = False) -> str:
     if tar and not value.endswith((".tar", ".tar.gz", ".tgz")):
         raise DatasetError(f"{what} must end with .tar, .tar.gz or .tgz; got {value!r}")
     return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def artifact_file_names(dataset: ImageDataset) -> list[str]:
@@ -95,7 +82,7 @@ def _prepare(dataset: ImageDataset, metadata: dict[str, Any] | None) -> tuple[np
         meta["poisoned_files"] = [n for n, m in zip(names, mask, strict=True) if m]
     if meta.get("target_class") is not None:
         meta["target_class"] = int(meta["target_class"])
-    meta = _jsonable(meta)
+    meta = jsonable(meta)
     manifest = dict(meta)
     manifest.update({"gnomon_dataset_format": FORMAT_VERSION, "pixel_format": "png-8bit",
                      "class_names": list(dataset.class_names), "n_images": len(names),
@@ -161,7 +148,7 @@ def produced_by(ctx: Any) -> dict[str, Any]:
     """``{"task", "run_id", "params", "experiment"}`` of the run ``ctx`` describes."""
     return {"task": getattr(ctx, "task", None), "run_id": getattr(ctx, "run_id", None),
             "experiment": getattr(ctx, "experiment_name", None),
-            "params": _jsonable(dict(getattr(ctx, "params", {}) or {}))}
+            "params": jsonable(dict(getattr(ctx, "params", {}) or {}))}
 
 
 def write_dataset_artifact(ctx: Any, dataset: ImageDataset, tar_name: str, dataset_name: str, *,

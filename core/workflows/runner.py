@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import GnomonError, ParamValidationError, TaskFailedError
+from ..jsonable import jsonable
 from .cache import CACHE_TAG, cache_key, find_cached_run, outputs_from_tags
 from .refs import Ref, step_dependencies, substitute
 from .spec import Step, Workflow
@@ -62,8 +63,8 @@ class StepOutcome:
         return {
             "name": self.name, "task": self.task, "status": self.status, "run_id": self.run_id,
             "cache_key": self.cache_key, "inputs": self.inputs, "report": self.report,
-            "params": {k: _jsonable(v) for k, v in self.params.items()},
-            "outputs": {k: _jsonable(v) for k, v in self.outputs.items()},
+            "params": {k: jsonable(v) for k, v in self.params.items()},
+            "outputs": {k: jsonable(v) for k, v in self.outputs.items()},
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -84,10 +85,6 @@ class WorkflowResult:
     @property
     def by_name(self) -> dict[str, StepOutcome]:
         return {s.name: s for s in self.steps}
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
 
 
 def library_versions() -> dict[str, str]:
@@ -219,7 +216,7 @@ def _plan(workflow: Workflow, variables: dict[str, Any]) -> dict[str, Any]:
         "name": workflow.name,
         "description": workflow.description,
         "source": workflow.source,
-        "variables": {k: _jsonable(v) for k, v in variables.items()},
+        "variables": {k: jsonable(v) for k, v in variables.items()},
         "report": workflow.report,
         "steps": [{"name": s.name, "task": s.task, "params": s.params, "report": s.report,
                    "depends_on": step_dependencies(s.params)} for s in workflow.steps],
