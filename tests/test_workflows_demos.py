@@ -24,7 +24,8 @@ def test_demo_validates_and_reports_both_models_under_every_defense(engine, name
     # every override of a variable's type is still accepted
     validate_workflow(engine, workflow, apply_overrides(workflow, {"epochs": "1", "seed": "3"}), preflight=False)
 
-    labelled = {(s.report["model"], s.report["data"], s.report.get("defense", "none"))
+    shown = workflow.report.get("labels", {})
+    labelled = {(s.report["model"], s.report["data"], shown.get(s.report.get("defense", "none"), s.report.get("defense", "none")))
                 for s in workflow.steps if s.report}
     defenses = {"none", "spatial smoothing", "jpeg compression", "gaussian noise"}
     expected = {(m, d, x) for m in ("clean model", "poisoned model") for d in ("clean", "triggered") for x in defenses}
@@ -36,12 +37,17 @@ def test_demo_validates_and_reports_both_models_under_every_defense(engine, name
               "clean_label": "gen_poison_clean_data"}[name]
     assert attack in tasks
     # the poisoned model really comes from the attack
-    poisoned = "poison_model" if name == "adversarial_embedding" else "train_poisoned"
-    assert poisoned in step_dependencies(workflow.step("infer_poisoned_model_triggered").params)
+    poisoned = "poison_model" if name == "adversarial_embedding" else "train[model=poisoned]"
+    assert poisoned in step_dependencies(workflow.step("infer[model=poisoned,data=triggered]").params)
+    # each clean-model evaluation of defended data is paired with the defense step of the same axes
+    for step in workflow.expansions("infer_defended"):
+        paired = f"defend[data={step.matrix['data']},defense={step.matrix['defense']}]"
+        assert paired in step_dependencies(step.params)
     if name == "clean_label":
         proxy = workflow.step("train_proxy")
         assert proxy.params["apply_defense"] is True
         assert step_dependencies(workflow.step("poison_train").params) == ["train_proxy"]
+        assert step_dependencies(workflow.step("train[model=poisoned]").params) == ["poison_train"]
 
 
 def test_a_typo_in_a_demo_override_names_the_step(engine):
@@ -52,7 +58,8 @@ def test_a_typo_in_a_demo_override_names_the_step(engine):
         validate_workflow(engine, workflow, apply_overrides(workflow, {"model_architecture": "le_nett"}),
                           preflight=False)
     steps = {p.step for p in info.value.problems}
-    assert {"train_clean", "poison_test", "train_poisoned", "spatial_smoothing_clean"} <= steps
+    assert {"train[model=clean]", "poison[split=test]", "train[model=poisoned]",
+            "defend[data=clean,defense=spatial_smoothing]"} <= steps
     assert "Did you mean 'le_net'" in str(info.value)
 
 

@@ -46,8 +46,9 @@ def show_workflow(
     if as_json:
         print_json({"name": workflow.name, "description": workflow.description, "source": workflow.source,
                     "variables": workflow.variables,
-                    "steps": [{"name": s.name, "task": s.task, "params": s.params, "report": s.report,
-                               "depends_on": step_dependencies(s.params)} for s in workflow.steps]})
+                    "steps": [{"name": s.name, "base": s.base, "matrix": s.matrix, "task": s.task, "params": s.params,
+                               "report": s.report, "depends_on": step_dependencies(s.params)}
+                              for s in workflow.steps]})
         return
     out = console()
     out.print(f"[bold]{workflow.name}[/bold]  [dim]{workflow.source}[/dim]")
@@ -58,7 +59,9 @@ def show_workflow(
                         [[k, repr(v)] for k, v in workflow.variables.items()]))
     from rich.markup import escape
 
-    out.print(f"[bold]steps[/bold] ({len(workflow.steps)}, run in this order):")
+    matrices = sum(1 for d in workflow.declared if d.matrix is not None)
+    expanded = f"; {matrices} matrix step(s) expanded" if matrices else ""
+    out.print(f"[bold]steps[/bold] ({len(workflow.steps)}, run in this order{expanded}):")
     for s in workflow.steps:
         uses = step_dependencies(s.params)
         line = f"{s.index + 1:>3}. [bold]{escape(s.name)}[/bold]  task [cyan]{escape(s.task)}[/cyan]"

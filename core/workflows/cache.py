@@ -66,3 +66,11 @@ def _parse(text: str) -> Any:
     except (ValueError, TypeError):
         return text
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
+
+
+def tag_name(step_name: str) -> str:
+    """``step_name`` as MLflow allows in a tag key: ``defend[defense=x,data=clean]`` -> ``defend/defense:x/data:clean``."""
+    import re
+
+    text = step_name.replace("[", "/").replace("]", "").replace(",", "/").replace("=", ":")
+    return re.sub(r"[^\w./\- :]", "_", text)

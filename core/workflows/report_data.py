@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GnomonError
-from .cache import outputs_from_tags
+from .cache import outputs_from_tags, tag_name
 
 DEFAULT_ACCURACY_METRIC = "accuracy"
 DEFAULT_ASR_METRIC = "attack_success_rate"
@@ -89,10 +89,12 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
     steps = []
     for planned in plan.get("steps", []):
         name = planned["name"]
-        child_id = tags.get(f"gnomon.step.{name}.run_id") or None
-        step_status = tags.get(f"gnomon.step.{name}.status", "not run")
+        child_id = tags.get(f"gnomon.step.{tag_name(name)}.run_id") or None
+        step_status = tags.get(f"gnomon.step.{tag_name(name)}.status", "not run")
+        shown = report_opts.get("labels") or {}
+        labels = {k: shown.get(v, v) for k, v in (planned.get("report") or {}).items()}
         record = StepRecord(name=name, task=planned["task"], run_id=child_id, status="", step_status=step_status,
-                            labels=dict(planned.get("report") or {}))
+                            labels=labels)
         if child_id:
             child = client.get_run(child_id)
             record.status = child.info.status

@@ -1,11 +1,12 @@
 """Running a workflow: one parent MLflow run, one nested child run per step, in one process.
 
-The whole workflow is validated first (:func:`validate_workflow`); then steps run in
-order, each with its references resolved from the earlier steps' results. The first
-failure marks its child run and the parent run FAILED and raises
-:class:`WorkflowStepError` naming the step. With ``resume=True`` a step whose cache key
-(task + resolved params + input run ids) matches a finished run is skipped and that
-run's id and outputs are used instead.
+The whole workflow is validated first (:func:`plan_workflow`, which also gives every
+concrete step its content key); then steps run in order, each with its references
+resolved from the earlier steps' results. The first failure marks its child run and the
+parent run FAILED and raises :class:`WorkflowStepError` naming the step. With
+``resume=True`` a step whose content key matches a finished run is skipped and that run's
+id and outputs are used instead; a sweep passes ``shared`` so that a step already run for
+an earlier combination is reused the same way.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any, Callable
 
 from ..errors import GnomonError, ParamValidationError, TaskFailedError
 from ..jsonable import jsonable
-from .cache import CACHE_TAG, cache_key, find_cached_run, outputs_from_tags
-from .refs import Ref, step_dependencies, substitute
+from .cache import CACHE_TAG, find_cached_run, outputs_from_tags, tag_name
+from .plan import Plan, PlannedStep
+from .refs import Ref, substitute
 from .spec import Step, Workflow
-from .validate import validate_workflow
+from .validate import plan_workflow
 
 WORKFLOW_TAG = "gnomon.workflow"
 STEP_TAG = "gnomon.workflow.step"
@@ -49,7 +51,7 @@ class StepOutcome:
 
     name: str
     task: str
-    status: str  # "ran", "cached" or "failed"
+    status: str  # "ran", "cached" (a finished run reused by --resume), "shared" (run earlier in this sweep) or "failed"
     run_id: str | None = None
     cache_key: str = ""
     params: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +123,9 @@ class _Printer:
 
 def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resume: bool = False,
                  make_report: bool = True, report_dir=None,
-                 on_step: Callable[[StepOutcome], None] | None = None) -> WorkflowResult:
+                 on_step: Callable[[StepOutcome], None] | None = None, plan: Plan | None = None,
+                 shared: dict[str, StepOutcome] | None = None, nested: bool = False,
+                 extra_tags: dict[str, str] | None = None, run_name: str | None = None) -> WorkflowResult:
     """Validate, then run every step of ``workflow`` under one parent MLflow run.
 
     Args:
@@ -132,12 +136,18 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
         make_report: build the results report at the end and log it on the parent run.
         report_dir: where to write the report (default: ``$GNOMON_HOME/reports/<run id>``).
         on_step: called after each step with its :class:`StepOutcome`.
+        plan: the already validated plan (default: validate now with :func:`plan_workflow`).
+        shared: ``{content key: outcome}`` of steps already run in this process (a sweep); a step
+            whose key is there is not run again. Steps run here are added to it.
+        nested: start the parent run nested under the active MLflow run (a sweep's parent).
+        extra_tags, run_name: tags and run name for the parent run.
 
     Raises:
         WorkflowValidationError: before anything runs, listing every problem.
         WorkflowStepError: a step failed (the parent run is FAILED).
     """
-    validate_workflow(engine, workflow, variables)
+    if plan is None:
+        plan = plan_workflow(engine, workflow, variables)
     experiment_id = engine.ensure_tracking()
 
     import mlflow
@@ -154,24 +164,28 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
         "gnomon.workflow.resume": str(resume).lower(),
         "gnomon.version": __version__,
         "gnomon.versions": json.dumps(versions, sort_keys=True),
+        **(extra_tags or {}),
     }
     outcomes: list[StepOutcome] = []
     started = time.perf_counter()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"workflow:{workflow.name}", tags=tags) as parent:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"workflow:{workflow.name}", tags=tags,
+                          nested=nested) as parent:
         parent_id = parent.info.run_id
         if variables:
             mlflow.log_params({f"var.{k}": str(v) for k, v in variables.items()})
         mlflow.log_text(workflow.text, f"workflow/{workflow.name}.toml")
-        mlflow.log_dict(_plan(workflow, variables), PLAN_ARTIFACT)
-        say(f"[bold]workflow {workflow.name}[/bold]: {len(workflow.steps)} steps, parent run {parent_id} "
+        mlflow.log_dict(_plan(workflow, variables, plan), PLAN_ARTIFACT)
+        say(f"[bold]workflow {workflow.name}[/bold]: {len(plan.steps)} steps, parent run {parent_id} "
             f"(experiment '{engine.experiment}')")
         try:
-            for step in workflow.steps:
-                outcome = _run_step(engine, client, experiment_id, workflow, step, variables,
-                                    {o.name: o for o in outcomes}, resume, say)
+            for planned in plan.steps:
+                outcome = _run_step(engine, client, experiment_id, workflow, planned, variables,
+                                    {o.name: o for o in outcomes}, resume, say, shared, len(plan.steps))
                 outcomes.append(outcome)
-                mlflow.set_tags({f"gnomon.step.{step.name}.run_id": outcome.run_id or "",
-                                 f"gnomon.step.{step.name}.status": outcome.status})
+                if shared is not None and outcome.status == "ran":
+                    shared[planned.key] = outcome
+                mlflow.set_tags({f"gnomon.step.{tag_name(planned.name)}.run_id": outcome.run_id or "",
+                                 f"gnomon.step.{tag_name(planned.name)}.status": outcome.status})
                 if on_step is not None:
                     on_step(outcome)
         except KeyboardInterrupt:
@@ -183,15 +197,16 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
             failed = StepOutcome(name=exc.step.name, task=exc.step.task, status="failed", run_id=exc.child_run_id,
                                  report=dict(exc.step.report))
             mlflow.set_tags({"gnomon.error": str(exc)[:5000], "gnomon.failed_step": exc.step.name,
-                             f"gnomon.step.{exc.step.name}.run_id": exc.child_run_id or "",
-                             f"gnomon.step.{exc.step.name}.status": "failed"})
+                             f"gnomon.step.{tag_name(exc.step.name)}.run_id": exc.child_run_id or "",
+                             f"gnomon.step.{tag_name(exc.step.name)}.status": "failed"})
             mlflow.log_dict({"steps": [o.to_dict() for o in outcomes + [failed]]}, STEPS_ARTIFACT)
             mlflow.end_run(status="FAILED")
             raise
         duration = time.perf_counter() - started
         mlflow.log_metric("gnomon_wall_time_s", duration)
         mlflow.log_metrics({"steps_ran": sum(o.status == "ran" for o in outcomes),
-                            "steps_cached": sum(o.status == "cached" for o in outcomes)})
+                            "steps_cached": sum(o.status == "cached" for o in outcomes),
+                            "steps_shared": sum(o.status == "shared" for o in outcomes)})
         mlflow.log_dict({"steps": [o.to_dict() for o in outcomes]}, STEPS_ARTIFACT)
     result = WorkflowResult(workflow=workflow.name, run_id=parent_id, experiment_id=experiment_id,
                             status="FINISHED", steps=outcomes, variables=dict(variables), duration_s=duration)
@@ -211,15 +226,14 @@ def _report_or_warn(engine, run_id: str, report_dir, say):
         return None
 
 
-def _plan(workflow: Workflow, variables: dict[str, Any]) -> dict[str, Any]:
+def _plan(workflow: Workflow, variables: dict[str, Any], plan: Plan) -> dict[str, Any]:
     return {
         "name": workflow.name,
         "description": workflow.description,
         "source": workflow.source,
         "variables": {k: jsonable(v) for k, v in variables.items()},
         "report": workflow.report,
-        "steps": [{"name": s.name, "task": s.task, "params": s.params, "report": s.report,
-                   "depends_on": step_dependencies(s.params)} for s in workflow.steps],
+        "steps": [p.to_dict() for p in plan.steps],
     }
 
 
@@ -229,36 +243,45 @@ def resolve_params(step: Step, variables: dict[str, Any], done: dict[str, StepOu
     def lookup(ref: Ref) -> Any:
         if ref.kind == "var":
             return variables[ref.target]
-        source = done[ref.target]
+        source = done[ref.step]
         if ref.kind == "run_id":
             return source.run_id
         if ref.key not in source.outputs:
             known = ", ".join(sorted(source.outputs)) or "none"
             raise ParamValidationError(step.task, {ref.text: [
-                f"step '{ref.target}' (task '{source.task}') has no output '{ref.key}'; its outputs: {known}"]})
+                f"step '{ref.step}' (task '{source.task}') has no output '{ref.key}'; its outputs: {known}"]})
         return source.outputs[ref.key]
 
     return {key: substitute(value, lookup) for key, value in step.params.items()}
 
 
-def _run_step(engine, client, experiment_id, workflow, step, variables, done, resume, say) -> StepOutcome:
-    label = f"[{step.index + 1}/{len(workflow.steps)}] [bold]{step.name}[/bold] ({step.task})"
-    inputs = {name: done[name].run_id for name in step_dependencies(step.params)}
+def _run_step(engine, client, experiment_id, workflow, planned: PlannedStep, variables, done, resume, say,
+              shared, total) -> StepOutcome:
+    step = planned.step
+    label = f"[{step.index + 1}/{total}] [bold]{step.name}[/bold] ({step.task})"
+    inputs = {name: done[name].run_id for name in planned.depends_on}
     task = engine.task(step.task)
     try:
         resolved = resolve_params(step, variables, done)
         values = engine.validate(task, resolved)
     except GnomonError as exc:
         raise WorkflowStepError(workflow.name, step, _active_id(), exc) from exc
-    key = cache_key(task.name, values, inputs)
-    if resume:
+    key = planned.key
+    reused, status = None, ""
+    if shared is not None and key in shared:
+        reused, status = shared[key], "shared"
+    elif resume:
         cached = find_cached_run(client, experiment_id, key)
         if cached is not None:
-            outcome = StepOutcome(name=step.name, task=task.name, status="cached", run_id=cached.info.run_id,
-                                  cache_key=key, params=values, outputs=outputs_from_tags(cached.data.tags),
-                                  metrics=dict(cached.data.metrics), inputs=inputs, report=dict(step.report))
-            say(f"{label} [cyan]cached[/cyan]: run {outcome.run_id}")
-            return outcome
+            reused = StepOutcome(name=step.name, task=task.name, status="cached", run_id=cached.info.run_id,
+                                 outputs=outputs_from_tags(cached.data.tags), metrics=dict(cached.data.metrics))
+            status = "cached"
+    if reused is not None:
+        outcome = StepOutcome(name=step.name, task=task.name, status=status, run_id=reused.run_id, cache_key=key,
+                              params=values, outputs=dict(reused.outputs), metrics=dict(reused.metrics),
+                              inputs=inputs, report=dict(step.report))
+        say(f"{label} [cyan]{status}[/cyan]: run {outcome.run_id}")
+        return outcome
     say(f"{label} running")
     tags = {STEP_TAG: step.name, WORKFLOW_TAG: workflow.name, CACHE_TAG: key}
     try:

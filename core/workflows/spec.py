@@ -22,6 +22,11 @@ Steps run in file order. A parameter value may refer to a workflow variable
 (``${vars.NAME}``) or to an earlier step's run id (``${steps.NAME.run_id}``) or output
 (``${steps.NAME.outputs.KEY}``). A value that is exactly one reference keeps the
 referenced value's type; references inside a longer string are interpolated as text.
+
+A step with a ``matrix`` of named axes expands into one concrete step per combination
+(:mod:`.matrix`); :attr:`Workflow.steps` holds the concrete steps in run order and
+:attr:`Workflow.declared` the steps as written. An optional ``[sweep]`` table gives
+variable values to run the workflow over (:mod:`.sweep`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GnomonError
+from .matrix import Matrix, When, expansion_name, pair_refs, parse_matrix, parse_when, substitute_matrix
 
 STEP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SCALARS = (str, int, float, bool)
@@ -52,7 +58,12 @@ class WorkflowFileError(GnomonError):
 
 @dataclass(frozen=True)
 class Step:
-    """One named step: a task, its raw parameters (may hold references) and report labels."""
+    """One concrete step: a task, its raw parameters (may hold references) and report labels.
+
+    For an expansion of a matrix step, ``name`` is ``BASE[axis=value,...]``, ``base`` the
+    declared step's name and ``matrix`` the expansion's axis values; otherwise ``name ==
+    base`` and ``matrix`` is empty. ``index`` is the position in run order.
+    """
 
     name: str
     task: str
@@ -60,6 +71,22 @@ class Step:
     report: dict[str, str] = field(default_factory=dict)
     description: str = ""
     index: int = 0
+    base: str = ""
+    matrix: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A step as declared in the file (before matrix expansion)."""
+
+    name: str
+    task: str
+    params: dict[str, Any]
+    report: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    index: int = 0
+    matrix: Matrix | None = None
+    when: tuple[When, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,12 +100,18 @@ class Workflow:
     report: dict[str, Any] = field(default_factory=dict)
     source: str = "<string>"
     text: str = ""
+    declared: tuple[StepSpec, ...] = ()
+    sweep: dict[str, Any] = field(default_factory=dict)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
             if step.name == name:
                 return step
         raise KeyError(name)
+
+    def expansions(self, base: str) -> list[Step]:
+        """The concrete steps of the declared step ``base`` (one, unless it has a matrix)."""
+        return [s for s in self.steps if s.base == base]
 
     @property
     def step_names(self) -> list[str]:
@@ -107,10 +140,10 @@ def parse_workflow(text: str, *, source: str = "<string>", default_name: str = "
     except tomllib.TOMLDecodeError as exc:
         raise WorkflowFileError(source, [f"not valid TOML: {exc}"]) from None
     problems: list[str] = []
-    unknown = sorted(set(data) - {"workflow", "vars", "steps", "report"})
+    unknown = sorted(set(data) - {"workflow", "vars", "steps", "report", "sweep"})
     if unknown:
         problems.append(f"unknown top-level table(s) {', '.join(unknown)}; expected [workflow], [vars], "
-                        "[steps.NAME] and [report]")
+                        "[steps.NAME], [report] and [sweep]")
     meta = data.get("workflow", {})
     if not isinstance(meta, dict):
         problems.append("[workflow] must be a table with 'name' and 'description'")
@@ -142,8 +175,13 @@ def parse_workflow(text: str, *, source: str = "<string>", default_name: str = "
         problems.append("[report] must be a table")
         report = {}
 
+    sweep = data.get("sweep", {})
+    if not isinstance(sweep, dict):
+        problems.append("[sweep] must be a table of variable = [values]")
+        sweep = {}
+
     raw_steps = data.get("steps")
-    steps: list[Step] = []
+    steps: list[StepSpec] = []
     if not isinstance(raw_steps, dict) or not raw_steps:
         problems.append("no steps: add at least one [steps.NAME] table with 'task' and 'params'")
         raw_steps = {}
@@ -154,9 +192,10 @@ def parse_workflow(text: str, *, source: str = "<string>", default_name: str = "
         if not isinstance(body, dict):
             problems.append(f"{where}: must be a table with 'task' and 'params'")
             continue
-        extra = sorted(set(body) - {"task", "params", "report", "description"})
+        extra = sorted(set(body) - {"task", "params", "report", "description", "matrix", "when"})
         if extra:
-            problems.append(f"{where}: unknown key(s) {', '.join(extra)}; expected task, params, report, description")
+            problems.append(f"{where}: unknown key(s) {', '.join(extra)}; expected task, params, report, "
+                            "description, matrix, when")
         task = body.get("task")
         if not isinstance(task, str) or not task:
             problems.append(f"{where}: 'task' (the task name) is required")
@@ -173,12 +212,64 @@ def parse_workflow(text: str, *, source: str = "<string>", default_name: str = "
             problems.append(f"{where}.report: must be a table of strings such as {{ model = \"clean\", "
                             "dataset = \"triggered\" }")
             labels = {}
-        steps.append(Step(name=step_name, task=task, params=dict(params), report=dict(labels),
-                          description=str(body.get("description", "")), index=index))
+        matrix = None
+        if "matrix" in body:
+            matrix, found = parse_matrix(body["matrix"], f"{where}.matrix")
+            problems.extend(found)
+        when: tuple[When, ...] = ()
+        if matrix is not None or "matrix" not in body:
+            when, found = parse_when(body.get("when"), where, matrix, _plain)
+            problems.extend(found)
+        steps.append(StepSpec(name=step_name, task=task, params=dict(params), report=dict(labels),
+                              description=str(body.get("description", "")), index=index, matrix=matrix,
+                              when=when))
     if problems:
         raise WorkflowFileError(source, problems)
-    return Workflow(name=name, description=description, variables=dict(variables), steps=tuple(steps),
-                    report=dict(report), source=source, text=text)
+    concrete = expand_steps(steps, problems)
+    if problems:
+        raise WorkflowFileError(source, problems)
+    return Workflow(name=name, description=description, variables=dict(variables), steps=tuple(concrete),
+                    report=dict(report), source=source, text=text, declared=tuple(steps), sweep=dict(sweep))
+
+
+def expand_steps(declared: list[StepSpec], problems: list[str]) -> list[Step]:
+    """Every declared step's concrete steps, in file order (a matrix step's in combination order).
+
+    ``${matrix.AXIS}`` is substituted in task, params and report labels; ``when`` entries add
+    their params and labels; step references are pointed at concrete expansions. Problems
+    (naming the expansion) are appended to ``problems``.
+    """
+    expansions = {s.name: s.matrix.combinations() for s in declared if s.matrix is not None}
+    out: list[Step] = []
+    for spec in declared:
+        combos = expansions.get(spec.name, [{}])
+        for combination in combos:
+            name = expansion_name(spec.name, combination)
+            where = f"[steps.{spec.name}]" + (f" expansion '{name}'" if combination else "")
+            params = dict(spec.params)
+            report = dict(spec.report)
+            for when in spec.when:
+                if all(axis in combination and _same(combination[axis], v) for axis, v in when.match.items()):
+                    params.update(when.params)
+                    report.update(when.report)
+            task = substitute_matrix(spec.task, combination, problems, f"{where}.task")
+            if not isinstance(task, str):
+                problems.append(f"{where}.task: must name a task, got {task!r}")
+                task = str(task)
+            params = {k: pair_refs(substitute_matrix(v, combination, problems, f"{where}.params.{k}"),
+                                   combination, expansions, problems, f"{where}.params.{k}")
+                      for k, v in params.items()}
+            report = {k: str(substitute_matrix(v, combination, problems, f"{where}.report.{k}"))
+                      for k, v in report.items()}
+            out.append(Step(name=name, task=task, params=params, report=report, description=spec.description,
+                            index=len(out), base=spec.name, matrix=dict(combination)))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    from .refs import value_text
+
+    return value_text(a) == value_text(b)
 
 
 def _plain(value: Any) -> bool:

@@ -5,6 +5,9 @@ substituted and references to earlier steps replaced by placeholders of the righ
 so a typo in the last step fails at once, naming the step and the field. References to
 unknown or later steps, unknown variables and unknown tasks are errors too. Steps whose
 parameters need no earlier step also run their task's ``check`` (e.g. the model exists).
+Matrix steps are checked expansion by expansion, so an error names the expansion at fault.
+
+:func:`plan_workflow` returns the validated :class:`~.plan.Plan` with every step's content key.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GnomonError, ParamValidationError, UnknownNameError
-from .refs import Ref, RefSyntaxError, find_refs, step_dependencies, substitute
+from .cache import cache_key
+from .plan import Plan, PlannedStep
+from .refs import Keep, Ref, RefSyntaxError, find_refs, step_dependencies, substitute
 from .spec import Workflow
 
 #: Stand-in for a run id while validating (32 hex digits like an MLflow run id, not a number).
@@ -45,13 +50,23 @@ class WorkflowValidationError(GnomonError):
         super().__init__("\n".join(lines))
 
 
-def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, preflight: bool = True) -> None:
-    """Raise :class:`WorkflowValidationError` listing every problem in every step, or return None.
+def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, preflight: bool = True) -> Plan:
+    """Raise :class:`WorkflowValidationError` listing every problem in every step, or return the plan.
 
     First every step's parameters are checked against its schema (fast); only if all pass do
     the tasks' ``check`` functions run (with ``preflight``) for steps that use no earlier step.
     """
+    return plan_workflow(engine, workflow, variables, preflight=preflight)
+
+
+def plan_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, preflight: bool = True) -> Plan:
+    """Validate ``workflow`` with ``variables`` and return its :class:`~.plan.Plan` (content keys included).
+
+    Raises :class:`WorkflowValidationError` listing every problem in every (expanded) step.
+    """
     problems: list[Problem] = []
+    keys: dict[str, str] = {}
+    planned: list[PlannedStep] = []
     checks: list[tuple[Any, Any, dict[str, Any]]] = []
     names = workflow.step_names
     for step in workflow.steps:
@@ -84,22 +99,32 @@ def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, 
         schema_fields = task.schema().fields
         params = {key: _with_placeholders(value, variables, schema_fields.get(key), engine.registry)
                   for key, value in step.params.items()}
+        values = None
         try:
             values = engine.validate(task, params, preflight=False)
         except ParamValidationError as exc:
+            fatal = False
             for field, messages in exc.errors.items():
                 only_outputs = field in step_ref_fields and all(r.kind == "output" for r in step_ref_fields[field])
                 if only_outputs and field in schema_fields:
                     continue  # the real value is known only when the step runs; it is validated then
+                fatal = True
                 for message in messages:
                     problem(f"param '{field}'", message)
-            continue
-        if not step_ref_fields and task.check is not None:
+            if fatal:
+                continue
+        depends_on = step_dependencies(step.params)
+        inputs = {name: keys[name] for name in depends_on if name in keys}
+        key = cache_key(task.name, _key_params(task, step.params, values, variables, keys), inputs)
+        keys[step.name] = key
+        planned.append(PlannedStep(step=step, key=key, depends_on=tuple(depends_on), inputs=inputs))
+        if not step_ref_fields and task.check is not None and values is not None:
             checks.append((step, task, values))
     if problems:  # schema problems are reported at once, before any (slower) check runs
         raise WorkflowValidationError(workflow.name, problems)
+    plan = Plan(workflow=workflow, variables=dict(variables), steps=tuple(planned))
     if not preflight:
-        return
+        return plan
     for step, task, values in checks:
         try:
             found = task.check(engine, values) or {}
@@ -110,6 +135,26 @@ def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, 
                 problems.append(Problem(step.name, step.index, step.task, f"param '{field}'", str(text)))
     if problems:
         raise WorkflowValidationError(workflow.name, problems)
+    return plan
+
+
+def _key_params(task, raw: dict[str, Any], values: dict[str, Any] | None, variables: dict[str, Any],
+                keys: dict[str, str]) -> dict[str, Any]:
+    """The parameters a content key covers: validated values, with step references written as the
+    referenced step's content key (``${steps.<key>.outputs.model_name}``) instead of a placeholder."""
+    from ..params import defaults
+
+    def symbolic(ref: Ref):
+        if ref.kind == "var":
+            return variables[ref.target]
+        return Keep(ref.with_step(keys.get(ref.step, ref.step)))
+
+    out = dict(values) if values is not None else {k: v for k, v in defaults(task).items() if v is not None}
+    for key, value in raw.items():
+        refs = find_refs(value)
+        if values is None or any(r.kind != "var" for r in refs):
+            out[key] = substitute(value, symbolic)
+    return out
 
 
 def _ref_problem(ref: Ref, index: int, names: list[str], variables: dict[str, Any]) -> str | None:
@@ -120,15 +165,15 @@ def _ref_problem(ref: Ref, index: int, names: list[str], variables: dict[str, An
         hint = f"; did you mean '${{vars.{close[0]}}}'?" if close else \
             f"; add it to [vars] (known: {', '.join(sorted(variables)) or 'none'})"
         return f"{ref.text} refers to an unknown workflow variable '{ref.target}'{hint}"
-    if ref.target not in names:
-        close = difflib.get_close_matches(ref.target, names, n=1, cutoff=0.6)
+    if ref.step not in names:
+        close = difflib.get_close_matches(ref.step, names, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{ref.text} refers to step '{ref.target}', which does not exist{hint}"
-    target = names.index(ref.target)
+        return f"{ref.text} refers to step '{ref.step}', which does not exist{hint}"
+    target = names.index(ref.step)
     if target == index:
         return f"{ref.text} refers to this step itself; a step can only use earlier steps' results"
     if target > index:
-        return (f"{ref.text} refers to step '{ref.target}' (#{target + 1}), which runs later; "
+        return (f"{ref.text} refers to step '{ref.step}' (#{target + 1}), which runs later; "
                 "a step can only use earlier steps' results")
     return None
 
