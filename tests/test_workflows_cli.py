@@ -62,11 +62,15 @@ def test_list_and_show_the_builtin_demos(cli):
     shown = cli("workflow", "show", "baseline", "--json")
     data = json.loads(shown.stdout)
     steps = {s["name"]: s for s in data["steps"]}
-    assert steps["train_poisoned"]["task"] == "train"
-    assert steps["train_poisoned"]["depends_on"] == ["poison_train"]
+    assert steps["train[model=poisoned]"]["task"] == "train"
+    assert steps["train[model=poisoned]"]["depends_on"] == ["poison[split=train]"]
+    assert steps["train[model=poisoned]"]["base"] == "train"
+    assert steps["train[model=poisoned]"]["matrix"] == {"model": "poisoned"}
+    assert steps["defend[data=clean,defense=jpeg_compression]"]["task"] == "jpeg_compression"
     assert "epochs" in data["variables"]
     text = cli("workflow", "show", "baseline")
-    assert text.exit_code == 0 and "gen_poison_test_data" in text.stdout and "train_poisoned" in text.stdout
+    assert text.exit_code == 0 and "gen_poison_test_data" in text.stdout
+    assert "defend[data=triggered,defense=spatial_smoothing]" in text.stdout
 
 
 def test_run_resume_and_report(cli, workflow_file, tmp_path):
