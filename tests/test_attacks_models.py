@@ -132,6 +132,33 @@ def test_clean_label_poisons_only_the_target_class_within_eps(engine, trained, m
     assert 0 < again.metrics["pgd_l2_max"] <= eps + 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("trigger", ["blended", "sig", "warp"])
+def test_clean_label_with_the_literature_triggers(engine, trained, mnist_sample_dirs, mnist_sample_arrays, trigger):
+    """The clean-label attack stamps blended/sig/warp after PGD, on target-class samples only, labels kept."""
+    from gnomon.core.datasets import read_dataset_artifact
+    from gnomon.plugins.builtin.literature_triggers import blended_trigger, sig_trigger, warp_trigger
+
+    images, labels = mnist_sample_arrays["training"]
+    result = engine.run("gen_poison_clean_data", {
+        "data_dir": str(mnist_sample_dirs["training"]), "model": trained["model"], "target_class": 3,
+        "poison_fraction": 0.2, "eps": 0.5, "eps_step": 0.5, "max_iter": 1, "trigger": trigger, "seed": 3,
+        "output_tar_name": f"{trigger}.tar"})
+    data = read_dataset_artifact(engine, result.run_id, f"{trigger}.tar", "adv_poison_data")
+    truth = data.poison_ground_truth()
+    assert truth.sum() == round(0.2 * (labels == 3).sum()) and np.all(data.y[truth] == 3)
+    assert data.metadata["trigger"] == trigger
+    originals = np.stack([images[int(PurePosixPath(f).stem)] for f in data.files]).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(data.x[~truth][..., 0], originals[~truth])
+    # a poison is the trigger applied to a PGD image within eps (L2 0.5) of the original: applying the
+    # trigger to the original lands close to it, and much closer than the untriggered original does
+    fn = {"blended": blended_trigger, "sig": sig_trigger, "warp": warp_trigger}[trigger]()
+    stamped = fn(originals[truth][..., None])
+    to_stamped = np.sqrt(((data.x[truth] - stamped) ** 2).sum(axis=(1, 2, 3)))
+    to_original = np.sqrt(((data.x[truth][..., 0] - originals[truth]) ** 2).sum(axis=(1, 2)))
+    assert np.median(to_stamped) < 0.5 * np.median(to_original)
+
+
 @pytest.mark.parametrize("params, field", [
     ({"model": "no_such_model"}, "model"),
     ({"target_class": 10}, "target_class"),

@@ -20,6 +20,7 @@ PARTS = (
     "models",
     "training_tasks",
     "triggers",
+    "literature_triggers",
     "attack_tasks",
     "defenses",
     "defense_tasks",

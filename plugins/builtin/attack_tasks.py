@@ -74,11 +74,12 @@ class TriggerParams(Schema):
     """``trigger`` (any registered trigger) and ``trigger_options`` (checked by building the trigger)."""
 
     trigger = RegistryName("attack", sub_kind=TRIGGER_KIND, load_default=DEFAULT_TRIGGER, metadata={
-        "description": "Backdoor trigger: any registered trigger (builtin: pattern, single_pixel, image; "
-                       "see 'gnomon plugins list')."})
+        "description": "Backdoor trigger: any registered trigger (builtin: pattern, single_pixel, image, blended, "
+                       "sig, warp; see 'gnomon plugins list')."})
     trigger_options = JsonDict(keys=fields.String(), load_default=dict, metadata={
-        "description": "Trigger options as a JSON object, e.g. '{\"distance\": 3}' for pattern or "
-                       "'{\"path\": \"logo.png\", \"size\": 6}' for image."})
+        "description": "Trigger options as a JSON object, e.g. '{\"distance\": 3}' for pattern, "
+                       "'{\"path\": \"logo.png\", \"size\": 6}' for image, '{\"alpha\": 0.1}' for blended or "
+                       "'{\"strength\": 1, \"grid_size\": 4}' for warp."})
 
     @validates_schema
     def _check_trigger_options(self, data, **kwargs):
@@ -225,8 +226,13 @@ def _log_distances(ctx: Any, x_clean, x_poisoned, prefix: str = "") -> dict[str,
     return metrics
 
 
-def _trigger_record(params: dict[str, Any]) -> dict[str, Any]:
-    return {"trigger": params["trigger"], "trigger_options": dict(params.get("trigger_options") or {})}
+def _trigger_record(params: dict[str, Any], trigger: Any = None) -> dict[str, Any]:
+    """``trigger`` and ``trigger_options``: every option the trigger used (defaults included) when it says,
+    so a later change of a default does not change what an old artifact claims."""
+    options = getattr(trigger, "trigger_options", None)
+    if not isinstance(options, dict):
+        options = params.get("trigger_options") or {}
+    return {"trigger": params["trigger"], "trigger_options": dict(options)}
 
 
 # =======================================================================================
@@ -305,7 +311,7 @@ def gen_poison_test_data(ctx: Any, **params: Any) -> dict[str, Any]:
 
     meta = _poisoned_metadata(dataset, indices, target_class=target, label_type=label_type,
                               attack="backdoor", model_architecture=params["model_architecture"],
-                              poison_fraction=float(params["poison_fraction"]), **_trigger_record(params))
+                              poison_fraction=float(params["poison_fraction"]), **_trigger_record(params, trigger))
     tar_name, dataset_name = _output_names(params)
     written = write_dataset_artifact(ctx, dataset.replace(x=x_new, y=y_new, metadata=meta), tar_name, dataset_name)
 
@@ -492,7 +498,7 @@ def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
     name = registered_model_name(ctx.experiment_name, params["model_architecture"], params["model_tag"])
     outputs = log_and_register(ctx, model, name, params["register_model"],
                                architecture=params["model_architecture"], class_names=list(train.class_names))
-    ctx.set_tag("gnomon.backdoor", json.dumps({"target_class": target, **_trigger_record(params)}))
+    ctx.set_tag("gnomon.backdoor", json.dumps({"target_class": target, **_trigger_record(params, trigger)}))
     return outputs
 
 
@@ -507,7 +513,7 @@ def _triggered_copy(dataset: Any, trigger: Any, target: int, params: dict[str, A
     for start in range(0, len(dataset), step):
         x[start:start + step] = trigger(dataset.x[start:start + step])
     meta = _poisoned_metadata(dataset, np.arange(len(dataset)), target_class=target, label_type="test",
-                              **_trigger_record(params))
+                              **_trigger_record(params, trigger))
     return dataset.replace(x=quantize(x), metadata=meta)
 
 
@@ -656,7 +662,7 @@ def gen_poison_clean_data(ctx: Any, **params: Any) -> dict[str, Any]:
         proxy_model=f"{name}/{version}", model_architecture=params["model_architecture"],
         pgd={"norm": params["norm"], "eps": params["eps"], "eps_step": params["eps_step"],
              "max_iter": params["max_iter"]},
-        poison_fraction=float(params["poison_fraction"]), **_trigger_record(params))
+        poison_fraction=float(params["poison_fraction"]), **_trigger_record(params, trigger))
     tar_name, dataset_name = _output_names(params)
     written = write_dataset_artifact(ctx, dataset.replace(x=x_new, metadata=meta), tar_name, dataset_name)
 
