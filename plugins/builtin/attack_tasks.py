@@ -567,12 +567,10 @@ def _proxy_shape_and_classes(engine: Any, ref: str) -> tuple[tuple, int]:
 def check_poison_clean_data(engine: Any, params: dict[str, Any]) -> dict[str, str]:
     """Proxy model exists and takes these images; target class is one of its classes and has samples."""
     from gnomon.core.datasets.resolve import check_dataset_source
-    from gnomon.core.models import check_model_ref
+    from gnomon.core.models import check_model
 
     problems = check_dataset_source(engine, params, run_id_field="dataset_run_id", data_dir_field="data_dir")
-    missing = check_model_ref(engine, params.get("model"))
-    if missing:
-        problems["model"] = missing
+    problems.update(check_model(engine, params, architecture_field=None))
     if problems:
         return problems
     try:

@@ -227,19 +227,18 @@ def defend(ctx, name: str, dataset, params: dict[str, Any]):
 # -- the tasks ----------------------------------------------------------------
 def _check(engine, params: dict[str, Any]) -> dict[str, str]:
     from gnomon.core.datasets import check_dataset_source
-    from gnomon.core.models import check_model_ref
+    from gnomon.core.models import check_model
 
     problems = dict(check_dataset_source(engine, params, run_id_field="dataset_run_id"))
-    message = check_model_ref(engine, params.get("model"))
-    if message:
-        problems["model"] = message
+    # model_architecture defaults to le_net here, so a mismatch is only noted at run time
+    problems.update(check_model(engine, params, architecture_field=None))
     return problems
 
 
 def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Body of every defense task: read, defend, evaluate, write the artifact; log metrics and timings."""
     from gnomon.core.datasets import quantize, resolve_dataset, write_dataset_artifact
-    from gnomon.core.models import TAG_ARCHITECTURE, evaluate, load_registered_model, model_version_tags
+    from gnomon.core.models import evaluate, load_registered_model, recorded_architecture
     from gnomon.core.perturbation import distance_metrics
 
     timings: dict[str, float] = {}
@@ -250,7 +249,7 @@ def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
 
     t = time.perf_counter()
     model = load_registered_model(ctx.engine, params["model"])
-    tagged = (model_version_tags(ctx.engine, params["model"]) or {}).get(TAG_ARCHITECTURE)
+    tagged = recorded_architecture(ctx.engine, params["model"])
     if tagged and tagged != params["model_architecture"]:
         ctx.info(f"note: model '{params['model']}' was built as '{tagged}', not '{params['model_architecture']}'")
     timings["time_model_load_s"] = time.perf_counter() - t

@@ -265,16 +265,7 @@ def check_infer(engine, params) -> dict[str, str]:
     from gnomon.core import models as M
     from gnomon.core.datasets import check_dataset_source
 
-    problems: dict[str, str] = {}
-    problem = M.check_model_ref(engine, params.get("model"))
-    if problem:
-        problems["model"] = problem
-    elif params.get("model_architecture"):
-        tags = M.model_version_tags(engine, params["model"])
-        recorded = tags.get(M.TAG_ARCHITECTURE)
-        if recorded and recorded != params["model_architecture"]:
-            problems["model_architecture"] = (f"model '{params['model']}' is a '{recorded}', not a "
-                                              f"'{params['model_architecture']}'")
+    problems = M.check_model(engine, params)
     problems.update(check_dataset_source(engine, params, run_id_field="run_id"))
     return problems
 

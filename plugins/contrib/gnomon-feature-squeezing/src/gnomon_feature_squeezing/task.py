@@ -63,16 +63,9 @@ def check(engine, params):
 
     problems = dict(check_dataset_source(engine, params, run_id_field="dataset_run_id"))
     if params.get("model"):
-        from gnomon.core.models import TAG_ARCHITECTURE, check_model_ref, model_version_tags
+        from gnomon.core.models import check_model
 
-        problem = check_model_ref(engine, params["model"])
-        if problem:
-            problems["model"] = problem
-        elif params.get("model_architecture"):
-            recorded = model_version_tags(engine, params["model"]).get(TAG_ARCHITECTURE)
-            if recorded and recorded != params["model_architecture"]:
-                problems["model_architecture"] = (f"model '{params['model']}' was built as '{recorded}', "
-                                                  f"not '{params['model_architecture']}'")
+        problems.update(check_model(engine, params))
     elif params.get("model_architecture"):
         problems["model_architecture"] = "only meaningful with 'model'"
     return problems

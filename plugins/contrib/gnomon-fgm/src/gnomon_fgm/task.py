@@ -67,25 +67,11 @@ class FgmSchema(TaskSchema, DatasetSource("dataset_run_id"), RegisteredModel):
 
 def check(engine, params):
     """Dataset source and model exist; architecture and target class fit the model."""
-    import json
-
     from gnomon.core.datasets import check_dataset_source
-    from gnomon.core.models import TAG_ARCHITECTURE, TAG_CLASS_NAMES, check_model_ref, model_version_tags
+    from gnomon.core.models import check_model
 
     problems = dict(check_dataset_source(engine, params, run_id_field="dataset_run_id"))
-    problem = check_model_ref(engine, params["model"])
-    if problem:
-        problems["model"] = problem
-        return problems
-    tags = model_version_tags(engine, params["model"])
-    recorded = tags.get(TAG_ARCHITECTURE)
-    if params.get("model_architecture") and recorded and recorded != params["model_architecture"]:
-        problems["model_architecture"] = (f"model '{params['model']}' was built as '{recorded}', "
-                                          f"not '{params['model_architecture']}'")
-    if params.get("target_class") is not None and tags.get(TAG_CLASS_NAMES):
-        n_classes = len(json.loads(tags[TAG_CLASS_NAMES]))
-        if params["target_class"] >= n_classes:
-            problems["target_class"] = f"must be below {n_classes}: model '{params['model']}' has {n_classes} classes"
+    problems.update(check_model(engine, params, target_class_field="target_class"))
     return problems
 
 
