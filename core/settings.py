@@ -52,6 +52,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("GNOMON_CACHE_VALIDATE", "auto", "how the decoded-dataset cache checks a folder: `auto` "
                                              "(trust gnomon's seals), `files`, `dirs`"),
     Setting("GNOMON_CACHE_MAX_MB", "4096", "size cap of the on-disk decoded-dataset cache"),
+    Setting("GNOMON_TAR_MAX_MEMBER_MB", "64", "largest file a dataset artifact or plugin bundle may hold (MB)"),
+    Setting("GNOMON_TAR_MAX_TOTAL_MB", "2048", "largest total of the files in one dataset artifact or bundle (MB)"),
+    Setting("GNOMON_TAR_MAX_MEMBERS", "1000000", "most members one dataset artifact or bundle may hold"),
     Setting("GNOMON_DATASET_MEMO_MB", "1024", "in-process memory for datasets (MB); 0 turns it off"),
     Setting("GNOMON_MODEL_MEMO", "4", "loaded models kept in process (count); 0 turns the model and "
                                       "prediction memos off"),
@@ -130,6 +133,21 @@ def model_memo(environ: Mapping[str, str] | None = None) -> int:
 def dataset_memo_bytes(environ: Mapping[str, str] | None = None) -> int:
     """``GNOMON_DATASET_MEMO_MB`` in bytes."""
     return max(0, int(number("GNOMON_DATASET_MEMO_MB", 1024, environ) * 2**20))
+
+
+def tar_max_member_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """``GNOMON_TAR_MAX_MEMBER_MB`` in bytes (default 64 MB)."""
+    return max(1, int(number("GNOMON_TAR_MAX_MEMBER_MB", 64, environ) * 2**20))
+
+
+def tar_max_total_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """``GNOMON_TAR_MAX_TOTAL_MB`` in bytes (default 2048 MB)."""
+    return max(1, int(number("GNOMON_TAR_MAX_TOTAL_MB", 2048, environ) * 2**20))
+
+
+def tar_max_members(environ: Mapping[str, str] | None = None) -> int:
+    """``GNOMON_TAR_MAX_MEMBERS`` (default 1,000,000)."""
+    return max(1, int(number("GNOMON_TAR_MAX_MEMBERS", 1_000_000, environ)))
 
 
 def markdown_table() -> str:

@@ -198,32 +198,28 @@ def _memo_key(engine: Any, run_id: str, tar_name: str, dataset_name: str, image_
 
 
 def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any = None,
-                     color_mode: str | None = None, progress: Any = None, label: str | None = None) -> ImageDataset:
+                     color_mode: str | None = None, progress: Any = None, label: str | None = None,
+                     limits: Any = None) -> ImageDataset:
     """Load folder ``dataset_name`` of a dataset tar without extracting it to disk.
 
-    Every member is first checked with the rules of :func:`safe_extract` (a hostile archive is
-    refused as a whole with :class:`UnsafeArchiveError`); images are then read from the archive
-    into memory and decoded (in parallel for large sets). Order, class names and metadata follow
+    Every member is first checked, as the archive streams by, with the rules and size limits of
+    :func:`safe_extract` (a hostile archive or one over ``limits``, default
+    :meth:`TarLimits.from_settings`, is refused as a whole with :class:`UnsafeArchiveError` before
+    any image is read); images are then read from the archive into memory, one member at a time,
+    and decoded (in parallel for large sets). Order, class names and metadata follow
     ``gnomon-dataset.json`` as for :func:`load_image_folder`.
     """
     import posixpath
 
     from ._util import IMAGE_SUFFIXES
     from .folder import STRUCTURAL_KEYS, _normalise_color, _normalise_size, class_names_for, order_files
-    from .safetar import check_members
+    from .safetar import check_members, open_tar
 
     size, mode = _normalise_size(image_size), _normalise_color(color_mode)
     tar_path = Path(tar_path)
     label = label or f"'{tar_path.name}'"
-    try:
-        tar = tarfile.open(tar_path, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DatasetError(f"cannot read tar archive {label}: {exc}") from None
-    with tar:
-        try:
-            members = check_members(tar, label)
-        except tarfile.TarError as exc:
-            raise DatasetError(f"cannot read tar archive {label}: {exc}") from None
+    with open_tar(tar_path, label) as tar:
+        members = check_members(tar, label, limits)
         prefix = dataset_name + "/"
         inside = {}
         top = set()
@@ -245,7 +241,7 @@ def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any
                 raise DatasetError(f"{dataset_name}/{MANIFEST} in {label} must hold a JSON object")
         folders = {rel.split("/", 1)[0] for rel, m in inside.items() if "/" in rel or m.isdir()} - {""}
         folders = {f for f in folders if not f.startswith(".")}
-        class_names = class_names_for(manifest, sorted(folders))
+        class_names = class_names_for(manifest, sorted(folders), f"{dataset_name}/{MANIFEST} in {label}")
         if not class_names:
             raise DatasetError(f"folder '{dataset_name}' in {label} has no class subfolders")
         index = {c: i for i, c in enumerate(class_names)}
@@ -257,7 +253,10 @@ def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any
             raise DatasetError(f"folder '{dataset_name}' in {label} holds no images")
         per_class = [(c, [r for r in images if r.split("/", 1)[0] == c]) for c in class_names]
         files = order_files(manifest, images, per_class)
-        blobs = [tar.extractfile(images[rel]).read() for rel in files]
+        try:
+            blobs = [tar.extractfile(images[rel]).read() for rel in files]
+        except (tarfile.TarError, EOFError, KeyError) as exc:
+            raise DatasetError(f"cannot read the images of {label}: {type(exc).__name__}: {exc}") from None
     from .folder import decode_in_memory
 
     u8 = decode_in_memory(f"{label}#{dataset_name}", files, blobs, size, mode, progress=progress)

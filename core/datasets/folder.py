@@ -139,9 +139,29 @@ def sort_names(names: list[str]) -> list[str]:
     return sorted(names, key=natural_key)
 
 
-def class_names_for(manifest: dict[str, Any], folders: list[str]) -> list[str]:
-    """The manifest's ``class_names`` (their order wins), then any other folder, sorted."""
-    names = [str(c) for c in manifest.get("class_names") or []]
+def plain_name(name: str) -> bool:
+    """Whether ``name`` is one plain file or folder name: not empty, no separator, not ``.``/``..``."""
+    return bool(name.strip()) and "/" not in name and "\\" not in name and name not in (".", "..") \
+        and "\x00" not in name
+
+
+def class_names_for(manifest: dict[str, Any], folders: list[str], where: str = MANIFEST) -> list[str]:
+    """The manifest's ``class_names`` (their order wins), then any other folder, sorted.
+
+    Each listed name must be a plain folder name (not empty, no ``/`` or ``\\``, not ``.`` or
+    ``..``): a manifest cannot send the loader outside the dataset folder. ``where`` names the
+    manifest in the error.
+    """
+    listed = manifest.get("class_names") or []
+    if not isinstance(listed, list):
+        raise DatasetError(f"{where}: 'class_names' must be a list of folder names; got {type(listed).__name__}")
+    names = [str(c) for c in listed]
+    for name in names:
+        if not plain_name(name):
+            raise DatasetError(f"{where}: class name {name!r} is not a plain folder name (no '/', '\\', '..'); "
+                               "refusing to read outside the dataset folder")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{where}: 'class_names' lists a name twice")
     return names + sorted(c for c in folders if c not in names)
 
 
@@ -188,7 +208,7 @@ def scan_folder(path: str | Path, *, stat_files: bool = True, use_seal: bool = F
     except FileNotFoundError:
         manifest_stat = None
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    class_names = class_names_for(manifest, folders)
+    class_names = class_names_for(manifest, folders, str(root / MANIFEST))
     if not class_names:
         raise DatasetError(f"dataset folder '{root}' has no class subfolders (expected <folder>/<class>/<image files>)")
     existing = [(label, cls) for label, cls in enumerate(class_names) if (root / cls).is_dir()]
@@ -294,6 +314,13 @@ def _sealed_scan(root: Path) -> FolderScan | None:
         return None
     if len(labels) != len(files) or (len(labels) and not 0 <= labels.min() <= labels.max() < len(class_names)):
         return None
+    # a seal is a file in the folder like any other: it must not name anything outside it
+    if not all(isinstance(c, str) and plain_name(c) for c in class_names):
+        return None
+    for f in files:
+        cls, sep, name = str(f).partition("/")
+        if not sep or cls not in mtimes or not plain_name(name):
+            return None
     manifest = read_manifest(root) if manifest_stat else {}
     dir_stats = [(0, int(mtimes[c])) for c in sorted(mtimes)]
     return FolderScan(root, class_names, files, labels, [], manifest, manifest_stat, dir_stats, sealed=True)
