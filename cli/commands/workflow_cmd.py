@@ -77,16 +77,26 @@ def show_workflow(
 def validate_cmd(
     name: str = typer.Argument(..., help="Workflow name or TOML file."),
     param: List[str] | None = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
+    sweep: List[str] | None = typer.Option(None, "--sweep", "-S",
+                                           help="Sweep a variable: NAME=V1,V2,...; repeat for a cartesian product."),
 ) -> None:
-    """Check every step's parameters and references without running anything."""
+    """Check every step's parameters and references (every sweep combination) without running anything."""
     from gnomon.core.params import parse_cli_params
     from gnomon.core.workflows import apply_overrides, find_workflow, validate_workflow
+    from gnomon.core.workflows.sweep import parse_sweep, plan_sweep
 
     engine = state.engine()
     workflow = find_workflow(engine, name)
-    variables = apply_overrides(workflow, parse_cli_params(param or []))
-    validate_workflow(engine, workflow, variables)
-    console().print(f"workflow '{workflow.name}': {len(workflow.steps)} steps valid")
+    overrides = parse_cli_params(param or [])
+    variables = apply_overrides(workflow, overrides)
+    matrix = parse_sweep(workflow, sweep, overrides)
+    if matrix is None:
+        validate_workflow(engine, workflow, variables)
+        console().print(f"workflow '{workflow.name}': {len(workflow.steps)} steps valid")
+        return
+    plan = plan_sweep(engine, workflow, variables, matrix)
+    console().print(f"sweep of workflow '{workflow.name}': {len(plan.combinations)} combinations valid, "
+                    f"{plan.total_steps} steps of which {len(plan.unique_steps())} distinct")
 
 
 @workflow_app.command("run")
@@ -94,6 +104,9 @@ def validate_cmd(
 def run_cmd(
     name: str = typer.Argument(..., help="Workflow name (see 'gnomon workflow list') or TOML file."),
     param: List[str] | None = typer.Option(None, "-P", "--param", help="Variable override name=value; repeat."),
+    sweep: List[str] | None = typer.Option(None, "--sweep", "-S",
+                                           help="Sweep a variable: NAME=V1,V2,...; repeat for a cartesian product "
+                                                "(adds to / replaces the file's [sweep] table)."),
     experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (default: gnomon)."),
     resume: bool = typer.Option(False, "--resume", help="Skip steps already finished with identical inputs."),
@@ -117,6 +130,11 @@ def run_cmd(
     import os
 
     if queue:
+        if sweep:
+            from gnomon.core.errors import GnomonError
+
+            raise GnomonError("--sweep runs here, not with --queue (yet): drop --queue, or submit one "
+                              "workflow run per combination")
         if resume or report_dir or no_report:
             from gnomon.core.errors import GnomonError
 
@@ -137,7 +155,14 @@ def run_cmd(
     engine = state.engine(experiment)
     engine.show_progress = not (no_progress or as_json)
     workflow = find_workflow(engine, name)
-    variables = apply_overrides(workflow, parse_cli_params(param or []))
+    overrides = parse_cli_params(param or [])
+    variables = apply_overrides(workflow, overrides)
+    from gnomon.core.workflows.sweep import parse_sweep
+
+    matrix = parse_sweep(workflow, sweep, overrides)
+    if matrix is not None:
+        return _run_sweep(engine, workflow, variables, matrix, resume=resume, make_report=not no_report,
+                          report_dir=report_dir, as_json=as_json)
     result = run_workflow(engine, workflow, variables, resume=resume, make_report=not no_report,
                           report_dir=report_dir)
     if as_json:
@@ -152,6 +177,38 @@ def run_cmd(
               f"({ran} steps ran, {len(result.steps) - ran} cached); parent run {result.run_id}")
     _print_report(out, result.report)
     out.print(f"[dim]tracking:[/dim] {engine.tracking_uri}  [dim]experiment:[/dim] {engine.experiment}")
+
+
+def _run_sweep(engine, workflow, variables, matrix, *, resume, make_report, report_dir, as_json) -> None:
+    from gnomon.core.workflows.sweep import plan_sweep, run_sweep
+
+    plan = plan_sweep(engine, workflow, variables, matrix)  # every combination valid before anything runs
+    result = run_sweep(engine, plan, resume=resume, make_report=make_report, report_dir=report_dir)
+    board = result.leaderboard
+    if as_json:
+        print_json({"sweep": result.workflow, "run_id": result.run_id, "status": result.status,
+                    "duration_s": round(result.duration_s, 3), "combinations": len(result.combinations),
+                    "steps_ran": result.steps_ran, "steps_shared": result.steps_shared,
+                    "steps_cached": result.steps_cached,
+                    "workflow_runs": [{"values": c.values, "run_id": r.run_id} for c, r in result.combinations],
+                    "leaderboard": board.to_dict() if board else None})
+        return
+    out = console()
+    out.print(f"sweep [bold]{result.workflow}[/bold] finished in {result.duration_s:.0f} s: "
+              f"{len(result.combinations)} combinations, {result.steps_ran} steps ran, {result.steps_shared} shared, "
+              f"{result.steps_cached} cached; parent run {result.run_id}")
+    _print_leaderboard(out, board)
+    out.print(f"[dim]tracking:[/dim] {engine.tracking_uri}  [dim]experiment:[/dim] {engine.experiment}")
+
+
+def _print_leaderboard(out, board) -> None:
+    if board is None:
+        return
+    from gnomon.core.workflows.leaderboard import leaderboard_table
+
+    out.print(leaderboard_table(board))
+    out.print(f"leaderboard: {board.html_path}")
+    out.print(f"[dim]tidy results: {board.directory / 'results.csv'}[/dim]")
 
 
 def _print_report(out, report) -> None:
@@ -174,12 +231,27 @@ def report_cmd(
     experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (only used to reach the store)."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report on the run again."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
-    """Rebuild the results report of a finished workflow run and print its table."""
+    """Rebuild the results report of a finished workflow run (or the leaderboard of a sweep) and print its table."""
+    from gnomon.core.workflows.leaderboard import build_leaderboard, is_sweep_run
     from gnomon.core.workflows.report import build_report
 
     engine = state.engine(experiment)
+    if is_sweep_run(engine, run_id):
+        board = build_leaderboard(engine, run_id, out_dir=output, log=not no_log)
+        if as_json:
+            print_json(board.to_dict())
+            return
+        _print_leaderboard(console(), board)
+        return
     report = build_report(engine, run_id, out_dir=output, log=not no_log)
+    if as_json:
+        from dataclasses import asdict
+
+        print_json({"run_id": run_id, "rows": [asdict(r) for r in report.data.rows],
+                    "html": str(report.html_path)})
+        return
     _print_report(console(), report)
 
 

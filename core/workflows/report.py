@@ -72,15 +72,18 @@ def _pct(value: float | None) -> str:
 
 
 def table_rows(rows: list[ResultRow]) -> list[list[str]]:
-    """The table as text: model, defense, clean accuracy, triggered accuracy, attack success rate."""
-    return [[r.model, r.defense, _pct(r.clean_accuracy), _pct(r.triggered_accuracy), _pct(r.attack_success_rate)]
+    """The table as text: model, defense, CA, RA, ASR, DER."""
+    return [[r.model, r.defense, _pct(r.clean_accuracy), _pct(r.triggered_accuracy), _pct(r.attack_success_rate),
+             "-" if r.defense_effectiveness is None else f"{r.defense_effectiveness:.3f}"]
             for r in rows]
 
 
-TABLE_COLUMNS = ["model", "defense", "clean acc.", "triggered acc.", "ASR"]
-TABLE_NOTE = ("clean acc.: accuracy on the clean test set (defended, if a defense is named); triggered acc.: "
-              "accuracy on the triggered test set against the true labels; ASR (attack success rate): among "
-              "triggered images whose true class is not the target, the fraction classified as the target.")
+TABLE_COLUMNS = ["model", "defense", "clean acc. (CA)", "triggered acc. (RA)", "ASR", "DER"]
+TABLE_NOTE = ("CA (clean accuracy): accuracy on the clean test set (defended, if a defense is named); RA (robust "
+              "accuracy): accuracy on the triggered test set against the true labels; ASR (attack success rate): "
+              "among triggered images whose true class is not the target, the fraction classified as the target; "
+              "DER (BackdoorBench's defense effectiveness rating): (max(0, drop of ASR) - max(0, drop of CA) + 1) / 2 "
+              "against the same model without defense (1: backdoor removed at no cost, 0.5: no change).")
 
 
 def results_table(data: ReportData):
@@ -88,7 +91,8 @@ def results_table(data: ReportData):
     from rich.table import Table
 
     table = Table(title=f"workflow {data.workflow}: run {data.run_id} {data.status}", header_style="bold",
-                  caption="ASR = attack success rate")
+                  caption="CA = clean accuracy, RA = robust (triggered) accuracy, ASR = attack success rate, "
+                          "DER = defense effectiveness rating")
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("model", "defense") else "right")
     previous = None

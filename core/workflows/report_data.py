@@ -51,6 +51,20 @@ class ResultRow:
     clean_accuracy: float | None = None
     triggered_accuracy: float | None = None
     attack_success_rate: float | None = None
+    defense_effectiveness: float | None = None  # DER against the same model without defense
+
+
+def defense_effectiveness(clean_before: float | None, asr_before: float | None, clean_after: float | None,
+                          asr_after: float | None) -> float | None:
+    """BackdoorBench's defense effectiveness rating, in [0, 1].
+
+    DER = (max(0, dASR) - max(0, dCA) + 1) / 2, with dASR the drop of the attack success rate
+    and dCA the drop of clean accuracy caused by the defense: 1 means the ASR fell from 1 to 0
+    at no cost in accuracy, 0.5 that nothing changed (or gains and costs cancel).
+    """
+    if None in (clean_before, asr_before, clean_after, asr_after):
+        return None
+    return (max(0.0, asr_before - asr_after) - max(0.0, clean_before - clean_after) + 1.0) / 2.0
 
 
 @dataclass
@@ -84,6 +98,32 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
     if "gnomon.workflow" not in tags:
         raise GnomonError(f"run '{run_id}' is not a workflow run (it has no 'gnomon.workflow' tag); "
                           "pass the parent run id printed by 'gnomon workflow run'")
+    plan, steps = workflow_steps(client, run_id, tags)
+    report_opts = plan.get("report") or {}
+    experiment = client.get_experiment(parent.info.experiment_id)
+    data = ReportData(
+        run_id=run_id, workflow=tags["gnomon.workflow"], status=parent.info.status,
+        experiment=experiment.name if experiment else parent.info.experiment_id,
+        variables={k[4:]: v for k, v in parent.data.params.items() if k.startswith("var.")},
+        versions=json.loads(tags.get("gnomon.versions", "{}")),
+        steps=steps,
+        rows=result_rows(steps, report_opts.get("accuracy_metric", DEFAULT_ACCURACY_METRIC),
+                         report_opts.get("asr_metric", DEFAULT_ASR_METRIC)),
+        curves=training_curves(client, steps),
+        examples=[], example_captions=[],
+        wall_time_s=parent.data.metrics.get("gnomon_wall_time_s"),
+    )
+    try:
+        data.examples, data.example_captions = example_images(engine, client, steps, n_examples)
+    except Exception as exc:  # pictures are a bonus; the numbers must still be reported
+        data.notes.append(f"example images unavailable: {type(exc).__name__}: {exc}")
+    return data
+
+
+def workflow_steps(client, run_id: str, tags: dict[str, str] | None = None) -> tuple[dict[str, Any], list[StepRecord]]:
+    """A workflow run's plan (``workflow/plan.json``) and a record of each planned step (its run's params and metrics)."""
+    if tags is None:
+        tags = client.get_run(run_id).data.tags
     plan = _load_json_artifact(client, run_id, "workflow/plan.json") or {"steps": []}
     report_opts = plan.get("report") or {}
     steps = []
@@ -103,24 +143,7 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
             record.outputs = outputs_from_tags(child.data.tags)
             record.duration_s = child.data.metrics.get("gnomon_wall_time_s")
         steps.append(record)
-    experiment = client.get_experiment(parent.info.experiment_id)
-    data = ReportData(
-        run_id=run_id, workflow=tags["gnomon.workflow"], status=parent.info.status,
-        experiment=experiment.name if experiment else parent.info.experiment_id,
-        variables={k[4:]: v for k, v in parent.data.params.items() if k.startswith("var.")},
-        versions=json.loads(tags.get("gnomon.versions", "{}")),
-        steps=steps,
-        rows=result_rows(steps, report_opts.get("accuracy_metric", DEFAULT_ACCURACY_METRIC),
-                         report_opts.get("asr_metric", DEFAULT_ASR_METRIC)),
-        curves=training_curves(client, steps),
-        examples=[], example_captions=[],
-        wall_time_s=parent.data.metrics.get("gnomon_wall_time_s"),
-    )
-    try:
-        data.examples, data.example_captions = example_images(engine, client, steps, n_examples)
-    except Exception as exc:  # pictures are a bonus; the numbers must still be reported
-        data.notes.append(f"example images unavailable: {type(exc).__name__}: {exc}")
-    return data
+    return plan, steps
 
 
 def _load_json_artifact(client, run_id: str, path: str) -> Any:
@@ -150,6 +173,11 @@ def result_rows(steps: list[StepRecord], accuracy_metric: str, asr_metric: str) 
     models = list(dict.fromkeys(model for model, _ in rows))
     defenses = list(dict.fromkeys(defense for _, defense in rows))
     order = sorted(rows, key=lambda k: (models.index(k[0]), k[1] != NO_DEFENSE, defenses.index(k[1])))
+    for (model, defense), row in rows.items():
+        base = rows.get((model, NO_DEFENSE))
+        if defense != NO_DEFENSE and base is not None:
+            row.defense_effectiveness = defense_effectiveness(base.clean_accuracy, base.attack_success_rate,
+                                                              row.clean_accuracy, row.attack_success_rate)
     return [rows[k] for k in order]
 
 

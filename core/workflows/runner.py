@@ -182,7 +182,7 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
                 outcome = _run_step(engine, client, experiment_id, workflow, planned, variables,
                                     {o.name: o for o in outcomes}, resume, say, shared, len(plan.steps))
                 outcomes.append(outcome)
-                if shared is not None and outcome.status == "ran":
+                if shared is not None and outcome.status in ("ran", "cached"):
                     shared[planned.key] = outcome
                 mlflow.set_tags({f"gnomon.step.{tag_name(planned.name)}.run_id": outcome.run_id or "",
                                  f"gnomon.step.{tag_name(planned.name)}.status": outcome.status})
