@@ -17,4 +17,4 @@ except Exception:  # pragma: no cover - running from a source tree without insta
 
 #: Version of the hook API. Plugins may declare the major version they were written
 #: for with a module-level ``GNOMON_HOOK_API = "1"``; a different major is refused.
-HOOK_API_VERSION = "1.0"
+HOOK_API_VERSION = "1.1"

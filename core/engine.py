@@ -36,6 +36,8 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
+    #: ``"ExceptionType: message"`` of a FAILED or KILLED run (what ``after_run`` hooks see)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class RunResult:
             "metrics": self.metrics,
             "outputs": {k: jsonable(v) for k, v in self.outputs.items()},
             "duration_s": round(self.duration_s, 3),
+            **({"error": self.error} if self.error is not None else {}),
         }
 
 
@@ -154,36 +157,60 @@ class Engine:
             ctx = RunContext(task=task.name, run_id=run_id, params=values, seed=seed, engine=self,
                              experiment_name=self.experiment, show_progress=self.show_progress)
             ctx.seed_everything()
+            failure: BaseException | None = None
+            status = "FINISHED"
             try:
+                self.plugins.call_before_run(ctx)
                 returned = task.fn(ctx, **values)
                 if isinstance(returned, dict):
                     for key, value in returned.items():
                         if key not in ctx.outputs:
                             ctx.output(key, value)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                failure, status = exc, "KILLED"
                 mlflow.set_tag("gnomon.error", "interrupted")
-                mlflow.end_run(status="KILLED")
-                raise
             except BaseException as exc:
+                failure, status = exc, "FAILED"
                 mlflow.set_tag("gnomon.error", f"{type(exc).__name__}: {exc}"[:5000])
                 try:
                     (ctx.workdir / "error.txt").write_text("".join(traceback.format_exception(exc)))
                     mlflow.log_artifact(str(ctx.workdir / "error.txt"))
                 except Exception:  # pragma: no cover - never mask the task's error
                     pass
-                mlflow.end_run(status="FAILED")
-                ctx.cleanup()
-                if isinstance(exc, GnomonError) and not isinstance(exc, TaskFailedError):
-                    raise TaskFailedError(task.name, run_id, exc) from exc
-                raise TaskFailedError(task.name, run_id, exc) from exc
-            finally:
-                duration = time.perf_counter() - started
-            mlflow.log_metric("gnomon_wall_time_s", duration)
+            duration = time.perf_counter() - started
+            if failure is None:
+                mlflow.log_metric("gnomon_wall_time_s", duration)
+            run = mlflow.MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
+            result = RunResult(run_id=run_id, task=task.name, status=status, experiment_id=experiment_id,
+                               params=values, metrics=dict(run.data.metrics), outputs=dict(ctx.outputs),
+                               duration_s=duration,
+                               error=None if failure is None else f"{type(failure).__name__}: {failure}")
+            hook_errors = self._after_run(ctx, result)
+            if failure is not None:
+                mlflow.end_run(status=status)
         ctx.cleanup()
-        run = mlflow.MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
-        return RunResult(run_id=run_id, task=task.name, status=run.info.status, experiment_id=experiment_id,
-                         params=values, metrics=dict(run.data.metrics), outputs=dict(ctx.outputs),
-                         duration_s=duration)
+        if isinstance(failure, KeyboardInterrupt):
+            raise failure
+        if failure is not None:
+            raise TaskFailedError(task.name, run_id, failure) from failure
+        if hook_errors and self.plugins.strict:
+            raise hook_errors[0]
+        return result
+
+    def _after_run(self, ctx, result: RunResult) -> list[GnomonError]:
+        """Every plugin's ``after_run``; errors are reported and tagged, never change the result."""
+        import sys
+
+        import mlflow
+
+        errors = self.plugins.call_after_run(ctx, result)
+        for error in errors:
+            sys.stderr.write(f"warning: {error}\n")
+            try:
+                mlflow.set_tag(f"gnomon.hook_error.{error.plugin}", str(error)[:5000])
+            except Exception:  # pragma: no cover - never mask the run's own outcome
+                pass
+        return errors
 
 
 def _param_str(value: Any) -> str:

@@ -76,3 +76,11 @@ class TaskFailedError(GnomonError):
         self.task, self.run_id, self.cause = task, run_id, cause
         where = f" (run {run_id} marked FAILED)" if run_id else ""
         super().__init__(f"task '{task}' failed{where}: {type(cause).__name__}: {cause}")
+
+
+class HookError(GnomonError):
+    """A plugin's ``before_run`` or ``after_run`` hook raised; names the plugin and the hook."""
+
+    def __init__(self, plugin: str, hook: str, cause: BaseException):
+        self.plugin, self.hook, self.cause = plugin, hook, cause
+        super().__init__(f"plugin '{plugin}' {hook}: {type(cause).__name__}: {cause}")

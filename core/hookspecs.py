@@ -92,3 +92,53 @@ def register_commands(cli):
     Keep command modules light: import heavy libraries inside the command function,
     so that ``gnomon --help`` stays fast.
     """
+
+
+@hookspec
+def before_run(ctx):
+    """Called when a task run starts, before the task's function.
+
+    ``ctx`` is the run's :class:`gnomon.core.context.RunContext`: the MLflow run exists and is
+    active (``ctx.run_id``), the parameters are validated (``ctx.params``) and seeded. A hook may
+    log to the run (``ctx.set_tag``, ``ctx.log_metric``), record something elsewhere, or refuse
+    the run by policy by raising (e.g. :class:`gnomon.core.errors.GnomonError` with the reason).
+
+    Order: every plugin's ``before_run`` runs in pluggy's call order (the last loaded plugin first:
+    plugin directories, then entry points, then builtins; ``tryfirst``/``trylast`` move one).
+
+    Errors: the first hook that raises stops the run. The task does not run, the run ends
+    ``FAILED`` with the error (tag ``gnomon.error`` names the plugin), the remaining ``before_run``
+    hooks are skipped, and every ``after_run`` hook still sees the failure.
+
+    Example::
+
+        @hookimpl
+        def before_run(ctx):
+            if ctx.task == "train" and ctx.params["epochs"] > 100:
+                raise GnomonError("policy: at most 100 epochs")
+    """
+
+
+@hookspec
+def after_run(ctx, result):
+    """Called once for every task run that started, whatever its outcome.
+
+    ``result`` is a :class:`gnomon.core.engine.RunResult` whose ``status`` is what the run ends
+    as: ``"FINISHED"``, ``"FAILED"`` (``result.error`` holds the error text: the task's exception
+    or a ``before_run`` hook's) or ``"KILLED"`` (interrupted). ``result.metrics`` and
+    ``result.outputs`` hold what the task logged. The MLflow run is still active, so a hook may
+    add metrics or tags to it; ``ctx.workdir`` still exists.
+
+    Order: the same as ``before_run`` (the last loaded plugin first).
+
+    Errors: a hook that raises does not change the run's status or result, and the other
+    ``after_run`` hooks still run. The error is reported once on stderr and recorded as the run
+    tag ``gnomon.hook_error.<plugin>``; with ``GNOMON_STRICT_PLUGINS=1`` it is raised instead
+    (after every hook ran and the run ended).
+
+    Example::
+
+        @hookimpl
+        def after_run(ctx, result):
+            notify(f"{result.task} {result.status} in {result.duration_s:.0f} s")
+    """

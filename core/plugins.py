@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import HOOK_API_VERSION, hookspecs, settings
-from .errors import DuplicateNameError, GnomonError, PluginError
+from .errors import DuplicateNameError, GnomonError, HookError, PluginError
 from .registry import AttackSpec, DefenseSpec, ModelSpec, Registry, WorkflowSpec
 from .tasks import Task
 
@@ -165,6 +165,35 @@ class PluginSet:
                 self._call_one("register_commands", info, cli=cli)
             except Exception as exc:
                 self.mark_broken(info.name, f"register_commands failed: {type(exc).__name__}: {exc}", _hint_for(exc))
+
+
+    # -- run lifecycle hooks ---------------------------------------------------
+    def lifecycle_impls(self, hook_name: str) -> list[Any]:
+        """The implementations of ``before_run``/``after_run`` in pluggy's call order (last loaded first)."""
+        return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+
+    def call_before_run(self, ctx: Any) -> None:
+        """Every plugin's ``before_run(ctx)``; the first that raises stops (see the hookspec)."""
+        for impl in self.lifecycle_impls("before_run"):
+            try:
+                impl.function(**_hook_args(impl, ctx=ctx))
+            except Exception as exc:
+                raise HookError(impl.plugin_name, "before_run", exc) from exc
+
+    def call_after_run(self, ctx: Any, result: Any) -> list[HookError]:
+        """Every plugin's ``after_run(ctx, result)``; each error is collected, none stops the others."""
+        errors: list[HookError] = []
+        for impl in self.lifecycle_impls("after_run"):
+            try:
+                impl.function(**_hook_args(impl, ctx=ctx, result=result))
+            except Exception as exc:
+                errors.append(HookError(impl.plugin_name, "after_run", exc))
+        return errors
+
+
+def _hook_args(impl: Any, **available: Any) -> dict[str, Any]:
+    # pluggy lets an implementation take a subset of the spec's arguments
+    return {name: available[name] for name in impl.argnames}
 
 
 class _Recorder:
