@@ -44,8 +44,22 @@ def build_app(with_plugins: bool = True) -> typer.Typer:
     _install_core_commands(app)
     if with_plugins:
         plugins = state.plugins()
+        commands, groups = len(app.registered_commands), len(app.registered_groups)
         plugins.add_commands(app)
+        # plugins' commands get the CLI's error handling without importing the CLI
+        _guard(app.registered_commands[commands:], app.registered_groups[groups:])
     return app
+
+
+def _guard(commands, groups) -> None:
+    """Wrap command callbacks (recursively through groups) with :func:`handle_errors`."""
+    for info in commands:
+        if info.callback is not None and not getattr(info.callback, "_gnomon_guarded", False):
+            info.callback = handle_errors(info.callback)
+    for group in groups:
+        sub = group.typer_instance
+        if sub is not None:
+            _guard(sub.registered_commands, sub.registered_groups)
 
 
 #: Core command modules in help order; any other module in ``cli/commands`` with an
@@ -107,6 +121,7 @@ def handle_errors(fn):
             error(str(exc))
             raise typer.Exit(exc.exit_code) from None
 
+    wrapper._gnomon_guarded = True
     return wrapper
 
 

@@ -10,13 +10,10 @@ import typer
 
 
 def _data_app() -> typer.Typer:
-    from gnomon.cli.main import handle_errors
-
     data_app = typer.Typer(help="Obtain and inspect image datasets (MNIST, the decoded-dataset cache).",
                            no_args_is_help=True)
 
     @data_app.command("mnist")
-    @handle_errors
     def mnist(
         dest: Path | None = typer.Option(None, "--dest", help="Output folder. Default: $GNOMON_HOME/data/mnist."),
         source: str | None = typer.Option(
@@ -39,7 +36,6 @@ def _data_app() -> typer.Typer:
             typer.echo(f"MNIST already prepared in {result.dest} ({counts}); nothing to do")
 
     @data_app.command("info")
-    @handle_errors
     def info(path: Path = typer.Argument(..., help="Folder of class subfolders of images.")) -> None:
         """Show a dataset folder's classes, image count and provenance (no decoding)."""
         from gnomon.core.datasets.folder import scan_folder
@@ -58,7 +54,6 @@ def _data_app() -> typer.Typer:
             typer.echo("metadata: " + json.dumps(extra, sort_keys=True, default=str)[:2000])
 
     @data_app.command("cache")
-    @handle_errors
     def cache(clear: bool = typer.Option(False, "--clear", help="Delete every cached array.")) -> None:
         """Show (or clear) the decoded-dataset cache in $GNOMON_HOME/cache/datasets."""
         from gnomon.core.datasets.folder import cache_dir, clear_cache
