@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["startup", "dataset_load", "plugins", "sync", "train", "attacks", "defenses", "workflow"]
+ORDER = ["startup", "handwritten", "dataset_load", "plugins", "sync", "train", "attacks", "defenses", "workflow"]
 
 
 def main(argv: list[str]) -> int:
