@@ -33,13 +33,11 @@ EXCEPTIONS = {"gnomon.core.testing": {"gnomon.cli": "pytest plugin: the gnomon_c
 def module_name(path: Path) -> str:
     """The dotted module name of a file under core/, cli/, plugins/builtin/ or a contrib plugin's src/."""
     rel = path.relative_to(REPO)
-    for folder, package in ROOTS.items():
-        if rel.as_posix().startswith(folder + "/"):
-            parts = rel.relative_to(folder).with_suffix("").parts
-            break
+    folder = next((f for f in ROOTS if rel.as_posix().startswith(f + "/")), None)
+    if folder is not None:
+        package, parts = ROOTS[folder], rel.relative_to(folder).with_suffix("").parts
     else:  # plugins/contrib/<dist>/src/<module>/...
-        package, parts = "gnomon.plugins.contrib", rel.parts[2:]
-        parts = tuple(p for p in Path(*parts).with_suffix("").parts)
+        package, parts = "gnomon.plugins.contrib", Path(*rel.parts[2:]).with_suffix("").parts
     parts = parts[:-1] if parts and parts[-1] == "__init__" else parts
     return ".".join([package, *parts])
 
