@@ -60,6 +60,8 @@ class Plan:
     workflow: Workflow
     variables: dict[str, Any]
     steps: tuple[PlannedStep, ...]
+    #: names of the steps whose task ``check`` already ran while planning (not run again)
+    checked: frozenset[str] = frozenset()
 
     def step(self, name: str) -> PlannedStep:
         for planned in self.steps:

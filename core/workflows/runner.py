@@ -180,7 +180,8 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
         try:
             for planned in plan.steps:
                 outcome = _run_step(engine, client, experiment_id, workflow, planned, variables,
-                                    {o.name: o for o in outcomes}, resume, say, shared, len(plan.steps))
+                                    {o.name: o for o in outcomes}, resume, say, shared, len(plan.steps),
+                                    checked=planned.name in plan.checked)
                 outcomes.append(outcome)
                 if shared is not None and outcome.status in ("ran", "cached"):
                     shared[planned.key] = outcome
@@ -256,14 +257,15 @@ def resolve_params(step: Step, variables: dict[str, Any], done: dict[str, StepOu
 
 
 def _run_step(engine, client, experiment_id, workflow, planned: PlannedStep, variables, done, resume, say,
-              shared, total) -> StepOutcome:
+              shared, total, *, checked: bool = False) -> StepOutcome:
     step = planned.step
     label = f"[{step.index + 1}/{total}] [bold]{step.name}[/bold] ({step.task})"
     inputs = {name: done[name].run_id for name in planned.depends_on}
     task = engine.task(step.task)
     try:
         resolved = resolve_params(step, variables, done)
-        values = engine.validate(task, resolved)
+        # a step's check runs once: while planning if it uses no earlier step, else here
+        values = engine.validate(task, resolved, preflight=not checked)
     except GnomonError as exc:
         raise WorkflowStepError(workflow.name, step, _active_id(), exc) from exc
     key = planned.key

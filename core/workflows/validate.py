@@ -13,7 +13,7 @@ Matrix steps are checked expansion by expansion, so an error names the expansion
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import GnomonError, ParamValidationError, UnknownNameError
@@ -135,7 +135,7 @@ def plan_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, pref
                 problems.append(Problem(step.name, step.index, step.task, f"param '{field}'", str(text)))
     if problems:
         raise WorkflowValidationError(workflow.name, problems)
-    return plan
+    return replace(plan, checked=frozenset(step.name for step, _, _ in checks))
 
 
 def _key_params(task, raw: dict[str, Any], values: dict[str, Any] | None, variables: dict[str, Any],
