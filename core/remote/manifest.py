@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +18,30 @@ from . import IntegrityError
 
 FORMAT = 1
 POINTER = "manifest.json"
+
+#: A bundle digest: exactly 64 lowercase hex digits (it names a folder of the plugin cache).
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: A manifest id (names a folder of the plugin cache and an S3 key): no separators, no leading dot.
+ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,199}$")
+#: A plugin name (names a file or folder of a plugin set): no separators, no leading dot.
+NAME_RE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z_.-]{0,199}$")
+
+
+def check_entry(e: Entry) -> None:
+    """Raise ``ValueError`` naming what is wrong with one manifest entry."""
+    if not isinstance(e.name, str) or not NAME_RE.match(e.name):
+        raise ValueError(f"plugin name {e.name!r} is not a safe name (letters, digits, '_', '.', '-'; "
+                         "no '/', not starting with '.')")
+    if not isinstance(e.sha256, str) or not SHA256_RE.match(e.sha256):
+        raise ValueError(f"plugin '{e.name}' has a malformed sha256 {str(e.sha256)[:80]!r} "
+                         "(expected 64 lowercase hex digits)")
+    if not isinstance(e.size, int) or isinstance(e.size, bool) or e.size < 0:
+        raise ValueError(f"plugin '{e.name}' has a malformed size {e.size!r}")
+    for attr in ("version", "source", "module", "key"):
+        if not isinstance(getattr(e, attr), str):
+            raise ValueError(f"plugin '{e.name}' has a malformed {attr}")
+    if not e.key or e.key.startswith("/") or "\x00" in e.key:
+        raise ValueError(f"plugin '{e.name}' has a malformed object key {e.key!r}")
 
 
 @dataclass(frozen=True)
@@ -62,13 +87,20 @@ class Manifest:
             raw = json.loads(data)
             if raw.get("format") != FORMAT:
                 raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT}")
+            if not isinstance(raw.get("id"), str) or not ID_RE.match(raw["id"]):
+                raise ValueError(f"id {str(raw.get('id'))[:80]!r} is not a safe manifest id (letters, digits, "
+                                 "'.', '_', '-'; no '/', not starting with '.')")
+            if not isinstance(raw.get("plugins"), list):
+                raise ValueError("'plugins' must be a list")
             entries = [Entry(**{k: e[k] for k in Entry.__dataclass_fields__}) for e in raw["plugins"]]
             for e in entries:
-                if len(e.sha256) != 64 or not isinstance(e.size, int):
-                    raise ValueError(f"plugin '{e.name}' has a malformed sha256 or size")
-            return cls(id=str(raw["id"]), created=str(raw["created"]), gnomon_version=str(raw.get("gnomon_version", "")),
+                check_entry(e)
+            names = [e.name for e in entries]
+            if len(set(names)) != len(names):
+                raise ValueError("a plugin is listed twice")
+            return cls(id=raw["id"], created=str(raw["created"]), gnomon_version=str(raw.get("gnomon_version", "")),
                        plugins=entries)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"manifest {where} is malformed: {exc}") from None
 
 

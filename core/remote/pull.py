@@ -9,13 +9,24 @@ Cache layout (default ``$GNOMON_HOME/plugin-cache``)::
 Every directory is built under a temporary name and renamed into place, and ``active`` is
 replaced with ``os.replace`` of a new symlink, so a failed pull (tampered or truncated
 bundle, unsafe path, network error) never changes what is in use.
+
+Any number of processes may pull into one cache at once (:class:`CacheLock`): a pull holds a
+shared lock on ``.lock`` while it fetches, builds and activates; pruning needs the exclusive
+lock and is skipped (left to a later pull) while anyone else is pulling, and it never removes
+the active set, the newest ``keep`` sets or a set used in the last :data:`PRUNE_GRACE_S` seconds.
+A store entry is trusted only when its ``.sha256`` marker (written after verification, moved
+into place with the entry) equals its digest, and a cached set only when every link leads to
+such an entry; anything else is fetched again. Temporary folders left by a killed pull
+(``.tmp-*``, named after their owner's pid and host) are removed by the next pull.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +36,127 @@ from typing import Any, Callable
 
 from . import IntegrityError, RemoteError
 from .bundle import extract_bundle, verify
-from .manifest import Entry, Manifest, manifest_key
+from .manifest import ID_RE, Entry, Manifest, manifest_key
 from .s3 import S3Location, is_not_found, make_client, parse_s3_url, s3_errors
 from .sync import read_pointer
 
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+VERSION_RE = ID_RE
 MANIFEST_FILE = ".manifest.json"
+#: In a store entry: the sha256 it was verified against (the entry is trusted only if it matches).
+DIGEST_FILE = ".sha256"
+#: A set used (pulled or activated) this recently is never pruned: a worker may still be loading it.
+PRUNE_GRACE_S = 3600.0
+#: A temporary folder of an unknown owner (older gnomon) is stale after this long.
+STALE_TMP_S = 3600.0
+_TMP_OWNER = re.compile(r"^\.tmp-.*-(\d+)@(.+)-[^-]*$")
+
+
+class CacheLock:
+    """An advisory ``flock`` on ``CACHE/.lock``: shared while pulling, exclusive to prune.
+
+    ``flock`` locks belong to the open file, so threads of one process and separate processes
+    alike are excluded; the kernel drops them when a process dies, so a killed pull never
+    leaves the cache locked.
+    """
+
+    def __init__(self, cache: Path):
+        self.path = Path(cache) / ".lock"
+
+    @contextlib.contextmanager
+    def shared(self):
+        """Hold the shared lock (waits while a prune runs)."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def exclusive_or_skip(self):
+        """Yield True holding the exclusive lock, or False at once when another process holds any lock."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _tmp_prefix(tag: str) -> str:
+    """Prefix of a temporary folder owned by this process: ``.tmp-<tag>-<pid>@<host>-``."""
+    return f".tmp-{tag}-{os.getpid()}@{socket.gethostname()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(path: Path) -> bool:
+    """Whether a ``.tmp-*`` folder's owner is gone (dead pid on this host; unknown owner: old)."""
+    match = _TMP_OWNER.match(path.name)
+    if match and match.group(2) == socket.gethostname():
+        return not _pid_alive(int(match.group(1)))
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_TMP_S
+    except FileNotFoundError:
+        return False
+
+
+def clean_stale_tmp(cache: Path) -> list[Path]:
+    """Remove temporary folders (``store/.tmp-*``, ``sets/.tmp-*``) whose pull is no longer running."""
+    removed = []
+    for folder in (Path(cache) / "store", Path(cache) / "sets"):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith((".tmp-", ".old-")) and _stale(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def store_entry_ok(entry_dir: Path, entry: Entry) -> bool:
+    """Whether ``store/<sha256>`` holds a verified extraction of ``entry``'s bundle."""
+    try:
+        recorded = (entry_dir / DIGEST_FILE).read_text().strip()
+    except OSError:
+        return False
+    return recorded == entry.sha256 and ((entry_dir / entry.name).is_dir() or (entry_dir / f"{entry.name}.py").is_file())
+
+
+def set_intact(set_path: Path, manifest: Manifest, store: Path) -> bool:
+    """Whether every plugin of ``manifest`` in ``set_path`` links to a trusted store entry."""
+    for entry in manifest.plugins:
+        entry_dir = store / entry.sha256
+        if not store_entry_ok(entry_dir, entry):
+            return False
+        name = _entry_name(entry, entry_dir)
+        link = set_path / name
+        if not link.is_symlink() or os.readlink(link) != os.path.relpath(entry_dir / name, set_path):
+            return False
+    return True
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path, follow_symlinks=False)
 
 
 def default_cache() -> Path:
@@ -122,32 +248,54 @@ def pull(
     client=None,
     workers: int = 8,
     keep_sets: int = 5,
+    prune_grace_s: float = PRUNE_GRACE_S,
     on_bundle: Callable[[str, str, int], None] | None = None,
 ) -> PullReport:
     """Make manifest ``version`` (default: the latest sync) the active plugin set of ``cache``.
 
     Only bundles not already in the cache are fetched; each is checked against the manifest's
     size and sha256 and extracted safely. Any failure raises and leaves the active set as it was.
+    Safe to run from many processes at once on one cache (see the module docstring).
     """
     started = time.perf_counter()
     cache = Path(cache) if cache is not None else default_cache()
     location = parse_s3_url(url)
     if version is not None:
         check_version(version)
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = CacheLock(cache)
+    with lock.shared():
+        clean_stale_tmp(cache)
+        report = _pull_locked(cache, location, version, endpoint, client, workers, on_bundle, started)
+    if keep_sets:
+        prune(cache, keep=keep_sets, grace_s=prune_grace_s)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pull_locked(cache: Path, location: S3Location, version: str | None, endpoint: str | None, client,
+                 workers: int, on_bundle, started: float) -> PullReport:
+    store = cache / "store"
+    if version is not None:
         ready = set_dir(cache, version)
-        if (ready / MANIFEST_FILE).is_file():  # a complete set of this exact version: no S3 call
+        try:
+            cached = Manifest.from_json((ready / MANIFEST_FILE).read_bytes(), str(ready / MANIFEST_FILE))
+        except (OSError, IntegrityError):
+            cached = None
+        if cached is not None and cached.id == version and set_intact(ready, cached, store):
+            _touch(ready)  # a complete, verified set of this exact version: no S3 call
+            pin(cache, version)
             changed = _activate(cache, ready)
             return PullReport(str(location), version, ready, reused=sorted(p.name for p in _members(ready)),
                               changed=changed, seconds=time.perf_counter() - started)
     client = client or make_client(endpoint)
     manifest = read_manifest(client, location, version, endpoint)
     report = PullReport(str(location), manifest.id, set_dir(cache, manifest.id))
-    store = cache / "store"
     store.mkdir(parents=True, exist_ok=True)
 
     def fetch(entry: Entry) -> tuple[str, Entry]:
         target = store / entry.sha256
-        if target.is_dir():
+        if store_entry_ok(target, entry):
             if on_bundle:
                 on_bundle(entry.name, "reused", 0)
             return "reused", entry
@@ -161,14 +309,11 @@ def pull(
                                       f"(deleted by 'sync --delete'?)") from None
                 raise
         verify(data, entry.name, entry.sha256, entry.size)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.sha256[:12]}-", dir=store))
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(entry.sha256[:12]), dir=store))
         try:
             extract_bundle(data, tmp / "x", entry.name)
-            try:
-                os.rename(tmp / "x", target)
-            except OSError:
-                if not target.is_dir():  # not a concurrent pull of the same bundle
-                    raise
+            (tmp / "x" / DIGEST_FILE).write_text(entry.sha256 + "\n")
+            _replace_dir(tmp / "x", target, lambda: store_entry_ok(target, entry), tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if on_bundle:
@@ -194,26 +339,50 @@ def pull(
         raise kind(errors[0] + more + "; the plugin set in use was not changed")
 
     target = report.set_dir
-    if not (target / MANIFEST_FILE).is_file():
+    try:
+        existing = Manifest.from_json((target / MANIFEST_FILE).read_bytes(), str(target))
+    except (OSError, IntegrityError):
+        existing = None
+    if existing is None or existing.id != manifest.id or not set_intact(target, existing, store):
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{manifest.id}-", dir=target.parent))
-        os.chmod(tmp, 0o755)
-        for entry in manifest.plugins:
-            entry_dir = store / entry.sha256
-            name = _entry_name(entry, entry_dir)
-            os.symlink(os.path.relpath(entry_dir / name, tmp), tmp / name)
-        (tmp / MANIFEST_FILE).write_bytes(manifest.to_json())
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix("set"), dir=target.parent))
         try:
-            os.rename(tmp, target)
-        except OSError:
+            os.chmod(tmp, 0o755)
+            built = tmp / "set"
+            built.mkdir()
+            for entry in manifest.plugins:
+                entry_dir = store / entry.sha256
+                name = _entry_name(entry, entry_dir)
+                os.symlink(os.path.relpath(entry_dir / name, target), built / name)
+            (built / MANIFEST_FILE).write_bytes(manifest.to_json())
+            _replace_dir(built, target, lambda: set_intact(target, manifest, store), tmp)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            if not (target / MANIFEST_FILE).is_file():
-                raise
+    _touch(target)
+    pin(cache, manifest.id)
     report.changed = _activate(cache, target)
-    if keep_sets:
-        prune(cache, keep=keep_sets)
-    report.seconds = time.perf_counter() - started
     return report
+
+
+def _replace_dir(built: Path, target: Path, good: Callable[[], bool], scratch: Path) -> None:
+    """Move ``built`` to ``target``; a ``target`` that is not ``good()`` (damaged, untrusted) is replaced.
+
+    A concurrent process that put a good ``target`` in place first wins; ours is dropped.
+    """
+    try:
+        os.rename(built, target)
+        return
+    except OSError:
+        if good():
+            return
+    # a damaged or untrusted folder is in the way: move it aside (into our scratch folder), then retry
+    with contextlib.suppress(OSError):
+        os.rename(target, scratch / "old")
+    try:
+        os.rename(built, target)
+    except OSError:
+        if not good():
+            raise
 
 
 def _members(directory: Path) -> list[Path]:
@@ -232,26 +401,84 @@ def _activate(cache: Path, target: Path) -> bool:
     return True
 
 
-def prune(cache: Path, keep: int = 5) -> None:
-    """Remove all but the ``keep`` newest sets (never the active one) and store entries no set uses."""
-    sets_root = Path(cache) / "sets"
+def _pin_dir(cache: Path, manifest_id: str) -> Path:
+    return Path(cache) / "pins" / manifest_id
+
+
+def pin(cache: Path, manifest_id: str) -> Path:
+    """Record that this process uses set ``manifest_id``: prune keeps it while this process lives."""
+    path = _pin_dir(cache, manifest_id) / f"{os.getpid()}@{socket.gethostname()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def _live_pins(cache: Path, manifest_id: str, grace_s: float) -> bool:
+    """Whether a live process pinned the set; dead pins (this host) are removed on the way."""
+    folder = _pin_dir(cache, manifest_id)
+    live = False
+    for p in folder.iterdir() if folder.is_dir() else []:
+        pid, _, host = p.name.partition("@")
+        if host == socket.gethostname() and pid.isdigit():
+            if _pid_alive(int(pid)):
+                live = True
+            else:
+                p.unlink(missing_ok=True)
+        else:  # another host's process: trust the pin for a while
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - p.stat().st_mtime < max(grace_s, STALE_TMP_S):
+                    live = True
+    return live
+
+
+def prune(cache: Path, keep: int = 5, *, grace_s: float = PRUNE_GRACE_S) -> bool:
+    """Remove old sets and the store entries no set uses; False when skipped because others are pulling.
+
+    Kept: the active set, the ``keep`` newest sets, sets a live process pinned (:func:`pin`), and
+    sets used in the last ``grace_s`` seconds. Runs only under the exclusive :class:`CacheLock`,
+    which it does not wait for: while another process pulls, pruning is left to a later pull.
+    """
+    cache = Path(cache)
+    sets_root = cache / "sets"
     if not sets_root.is_dir():
-        return
-    active = active_dir(cache).resolve() if active_dir(cache).exists() else None
-    sets = sorted((p for p in sets_root.iterdir() if not p.name.startswith(".")), key=lambda p: p.name, reverse=True)
-    for old in sets[keep:]:
-        if old.resolve() != active:
+        return True
+    with CacheLock(cache).exclusive_or_skip() as locked:
+        if not locked:
+            return False
+        clean_stale_tmp(cache)
+        active = active_dir(cache).resolve() if active_dir(cache).exists() else None
+        sets = sorted((p for p in sets_root.iterdir() if not p.name.startswith(".")), key=lambda p: p.name,
+                      reverse=True)
+        now = time.time()
+        for old in sets[keep:]:
+            if old.resolve() == active or _live_pins(cache, old.name, grace_s):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if grace_s and now - old.lstat().st_mtime < grace_s:
+                    continue
             shutil.rmtree(old, ignore_errors=True)
-    used = set()
-    for s in sets_root.iterdir():
-        if s.is_dir() and not s.name.startswith("."):
-            for link in _members(s):
-                if link.is_symlink():
-                    used.add(Path(os.path.realpath(link)).parent.name)
-    store = Path(cache) / "store"
-    for entry in store.iterdir() if store.is_dir() else []:
-        if not entry.name.startswith(".") and entry.name not in used:
-            shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(_pin_dir(cache, old.name), ignore_errors=True)
+        pins_root = cache / "pins"
+        for folder in pins_root.iterdir() if pins_root.is_dir() else []:
+            if not (sets_root / folder.name).is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                _live_pins(cache, folder.name, grace_s)  # drops dead pins of the sets kept
+        used = set()
+        for s in sets_root.iterdir():
+            if s.is_dir() and not s.name.startswith("."):
+                for link in _members(s):
+                    if link.is_symlink():
+                        used.add(Path(os.path.realpath(link)).parent.name)
+        store = cache / "store"
+        for entry in store.iterdir() if store.is_dir() else []:
+            if not entry.name.startswith(".") and entry.name not in used:
+                shutil.rmtree(entry, ignore_errors=True)
+        for stray in cache.glob(".active-*"):
+            pid = stray.name.split("-")[1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                stray.unlink(missing_ok=True)
+    return True
 
 
 def load_synced_plugins(plugin_dir: str | os.PathLike):
