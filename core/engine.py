@@ -20,6 +20,7 @@ from .jsonable import jsonable
 from .params import validate_params
 from .plugins import PluginSet, load_plugins
 from .registry import Registry
+from .store import Store
 from .tasks import Task
 from .tracking import default_tracking_uri, experiment_name
 
@@ -70,6 +71,8 @@ class Engine:
         self.experiment = experiment_name(experiment)
         self.show_progress = show_progress
         self._tracking_ready = False
+        #: datasets, loaded models and check->run handoffs of this engine (see :mod:`gnomon.core.store`)
+        self.store = Store()
 
     # -- discovery ----------------------------------------------------------
     @property
@@ -91,16 +94,23 @@ class Engine:
             raise UnknownNameError("task", name, list(self.registry.tasks)) from None
 
     # -- validation ---------------------------------------------------------
-    def validate(self, task: str | Task, params: dict[str, Any] | None = None, *, preflight: bool = True) -> dict[str, Any]:
+    def validate(self, task: str | Task, params: dict[str, Any] | None = None, *, preflight: bool = True,
+                 keep_checks: bool = False) -> dict[str, Any]:
         """Convert and check ``params``; raises :class:`ParamValidationError` listing every bad field.
 
         With ``preflight`` the task's ``check`` also runs (it may consult the tracking
-        store, e.g. to verify that a model exists). Nothing is written.
+        store, e.g. to verify that a model exists). Nothing is written. What the check loaded
+        for the run (:meth:`Store.keep_for_run`) is freed unless ``keep_checks`` (a run follows).
         """
         task = self.task(task) if isinstance(task, str) else task
         values = validate_params(task, params or {}, self.registry)
         if preflight and task.check is not None:
-            problems = task.check(self, values) or {}
+            problems: dict = {}
+            try:
+                problems = task.check(self, values) or {}
+            finally:
+                if problems or not keep_checks:
+                    self.store.release_checks()
             if problems:
                 raise ParamValidationError(task.name, problems)
         return values
@@ -131,7 +141,7 @@ class Engine:
         raises :class:`TaskFailedError`.
         """
         task = self.task(task) if isinstance(task, str) else task
-        values = dict(params or {}) if validated else self.validate(task, params)
+        values = dict(params or {}) if validated else self.validate(task, params, keep_checks=True)
         experiment_id = self.ensure_tracking()
 
         import mlflow

@@ -5,8 +5,8 @@ a workflow scaled up: 40 sized entries, ~20 gets per put) measured cachetools 1.
 (0.19 s vs 0.10 s), and its ``maxsize`` is fixed at construction while this limit is a callable
 read at use time. The rule is to keep a hand-written replacement only at >= 1.5x.
 
-Used for registered models (``core.models``), predictions (per model) and datasets read from or
-written as artifacts (``core.datasets.artifacts``). The limit is a callable so that an
+Used by the engine's store (``core.store``) for registered models and datasets read from or
+written as artifacts, and per model object for predictions (``core.models.predict``). The limit is a callable so that an
 environment variable read at use time (``GNOMON_MODEL_MEMO``, ``GNOMON_DATASET_MEMO_MB``) can
 resize or switch off a memo; ``size`` measures an entry against it (default: 1 per entry).
 """

@@ -264,7 +264,7 @@ def test_finished_runs_artifacts_are_read_once_per_process(engine, monkeypatch):
     from gnomon.core.datasets import artifacts
 
     produced = engine.run("test_produce", {"seed": 2})
-    artifacts._MEMO.clear()  # forget what the producer left (see the next test)
+    engine.store.datasets.clear()  # forget what the producer left (see the next test)
     calls = []
     real = artifacts.load_dataset_tar
     monkeypatch.setattr(artifacts, "load_dataset_tar", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -275,7 +275,7 @@ def test_finished_runs_artifacts_are_read_once_per_process(engine, monkeypatch):
     assert len(calls) == 1
     assert second.x.max() > 0 and second.metadata["target_class"] == 3
     monkeypatch.setenv("GNOMON_DATASET_MEMO_MB", "0")
-    artifacts._MEMO.clear()
+    engine.store.datasets.clear()
     read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
     read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
     assert len(calls) == 3
@@ -291,7 +291,7 @@ def test_a_dataset_written_in_this_process_is_served_exactly_as_the_disk_would(e
     monkeypatch.setattr(artifacts, "load_dataset_tar", lambda *a, **k: calls.append(1) or real(*a, **k))
     served = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
     assert calls == []
-    artifacts._MEMO.clear()
+    engine.store.datasets.clear()
     disk = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
     assert calls == [1]
     np.testing.assert_array_equal(served.x, disk.x)
@@ -318,7 +318,7 @@ def test_a_failed_producers_dataset_is_never_served_from_memory(gnomon_engine_fa
         engine.run("test_produce_fail", {"seed": 1})
     run = engine.mlflow_client().search_runs([engine.ensure_tracking()])[0]
     assert run.info.status == "FAILED"
-    assert any(key[1] == run.info.run_id for key in artifacts._MEMO.entries)  # the producer left its data...
+    assert any(key[1] == run.info.run_id for key in engine.store.datasets.entries)  # the producer left its data...
     calls = []
     real = artifacts.load_dataset_tar
     monkeypatch.setattr(artifacts, "load_dataset_tar", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -19,11 +19,7 @@ def _register_tiny_model(engine, name: str, bias: float):
 
 @pytest.fixture
 def engine(gnomon_engine_factory):
-    from gnomon.core import models
-
-    models._MODELS.clear()
-    yield gnomon_engine_factory()
-    models._MODELS.clear()
+    yield gnomon_engine_factory()  # a fresh engine has an empty store
 
 
 def _count_loads(monkeypatch):

@@ -146,11 +146,11 @@ def test_example_images_from_memory_equal_those_read_from_the_tars(engine, tmp_p
 
     wf = parse_workflow(TOY)
     result = run_workflow(engine, wf, apply_overrides(wf, {}), make_report=False)
-    artifacts._MEMO.clear()
+    engine.store.datasets.clear()
     for step in ("clean", "triggered", "triggered_defended"):  # these toy tasks write tars by hand: read them once
         artifacts.read_dataset_artifact(engine, result.by_name[step].run_id, "data.tar", "toy")
     in_memory = build_report(engine, result.run_id, out_dir=tmp_path / "mem").data.examples
-    artifacts._MEMO.clear()
+    engine.store.datasets.clear()
     from_tars = build_report(engine, result.run_id, out_dir=tmp_path / "tars").data.examples
     assert [label for label, _ in in_memory] == [label for label, _ in from_tars] and in_memory
     for (_, row_a), (_, row_b) in zip(in_memory, from_tars, strict=True):

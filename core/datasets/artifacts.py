@@ -179,7 +179,7 @@ def write_dataset_artifact(ctx: Any, dataset: ImageDataset, tar_name: str, datas
     engine = _engine_of(ctx)
     if getattr(ctx, "run_id", None) and hasattr(engine, "tracking_uri"):
         # a later step in this process reads exactly this back: keep it, served once the run finished
-        _MEMO.put(_memo_key(engine, ctx.run_id, tar_name, dataset_name), _as_read_back(written, ctx.run_id, tar_name,
+        _memo(engine).put(_memo_key(engine, ctx.run_id, tar_name, dataset_name), _as_read_back(written, ctx.run_id, tar_name,
                                                                                         dataset_name), pending=True)
     return written
 
@@ -266,6 +266,23 @@ def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any
 
 
 # -- reading ----------------------------------------------------------------
+class _NoMemo:
+    """For callers with no engine store (nothing is remembered)."""
+
+    entries: dict = {}
+
+    def get(self, key, confirm=None):
+        return None
+
+    def put(self, key, dataset, *, pending: bool = False) -> None:
+        pass
+
+
+def _memo(engine: Any):
+    store = getattr(engine, "store", None)
+    return store.datasets if store is not None else _NoMemo()
+
+
 def _engine_of(engine_or_ctx: Any) -> Any:
     return getattr(engine_or_ctx, "engine", None) or engine_or_ctx
 
@@ -320,7 +337,7 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
     dataset_name = _check_name(dataset_name, "dataset_name")
     engine = _engine_of(engine)
     key = _memo_key(engine, run_id, tar_name, dataset_name, image_size, color_mode)
-    cached = _MEMO.get(key, confirm=lambda: _run_finished(engine, run_id))
+    cached = _memo(engine).get(key, confirm=lambda: _run_finished(engine, run_id))
     if cached is not None:
         return _copy_dataset(cached)
     problem = check_artifact(engine, run_id, tar_name)
@@ -336,7 +353,7 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
     dataset.metadata.setdefault("source", f"runs:/{run_id}/{tar_name}#{dataset_name}")
     dataset.metadata["artifact"] = {"run_id": run_id, "tar_name": tar_name, "dataset_name": dataset_name}
     if _run_finished(engine, run_id):
-        _MEMO.put(key, dataset)
+        _memo(engine).put(key, dataset)
         return _copy_dataset(dataset)
     return dataset
 
@@ -349,7 +366,7 @@ def dataset_in_memory(engine: Any, run_id: str, tar_name: str, dataset_name: str
     """
     engine = _engine_of(engine)
     key = _memo_key(engine, run_id, tar_name, dataset_name)
-    return _MEMO.get(key, confirm=lambda: _run_finished(engine, run_id))
+    return _memo(engine).get(key, confirm=lambda: _run_finished(engine, run_id))
 
 
 def _memo_budget() -> int:
@@ -358,8 +375,8 @@ def _memo_budget() -> int:
     return settings.dataset_memo_bytes()
 
 
-class _DatasetMemo:
-    """Datasets read from (or written as) FINISHED runs' artifacts, kept in memory for this process.
+class DatasetMemo:
+    """Datasets read from (or written as) FINISHED runs' artifacts, kept in memory by an engine's store.
 
     A finished run's artifacts do not change, so a workflow whose steps read the same triggered
     test set seven times decodes it at most once, and not at all when the producing step ran in
@@ -391,12 +408,15 @@ class _DatasetMemo:
         for evicted in self.lru.put(key, dataset):
             self.pending.discard(evicted)
 
+    def pop(self, key):
+        """Remove and return the entry under ``key`` (None if absent)."""
+        self.pending.discard(key)
+        return self.lru.entries.pop(key, None)
+
     def clear(self) -> None:
         self.lru.clear()
         self.pending.clear()
 
-
-_MEMO = _DatasetMemo()
 
 
 def _copy_dataset(dataset: ImageDataset) -> ImageDataset:

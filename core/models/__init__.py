@@ -34,7 +34,7 @@ from .build import (
     quiet_tensorflow,
 )
 from .evaluate import attack_success_rate, evaluate, metrics_from_probs
-from .loading import _MODELS, load_registered_model, remember_loaded
+from .loading import load_registered_model, remember_loaded
 from .names import METRIC_NAMES, TAG_ARCHITECTURE, TAG_CLASS_NAMES, TAG_INPUT_SHAPE, ModelNotFoundError
 from .predict import predict
 from .publish import log_and_register
@@ -56,5 +56,5 @@ __all__ = [
     "layer_table", "load_registered_model", "log_and_register", "make_optimizer", "metrics_from_probs",
     "model_version_tags", "n_outputs", "one_hot", "parse_model_ref", "predict", "quiet_tensorflow",
     "recorded_architecture", "registered_model_name", "remember_loaded", "resolve_model_ref",
-    "total_steps", "training_callback", "_MODELS",
+    "total_steps", "training_callback",
 ]

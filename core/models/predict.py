@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-_PREDICTIONS = None  # weakref.WeakKeyDictionary: model -> LRU(fingerprint -> probabilities)
 _PREDICTIONS_PER_MODEL = 8
+#: attribute holding a model's remembered predictions (they live and die with the model object)
+_ATTRIBUTE = "_gnomon_predictions"
 
 
 def _prediction_key(model, x, batch_size: int) -> str:
@@ -33,19 +34,20 @@ def predict(model, x, batch_size: int = 256, ctx=None):
     set share the forward pass. ``GNOMON_MODEL_MEMO=0`` turns this off with the model memo.
     Callers get their own copy of the probabilities.
     """
-    import weakref
-
     import numpy as np
 
     from ..memo import LRU
 
-    global _PREDICTIONS
     memo = None
     if _model_memo_capacity() > 0:
-        if _PREDICTIONS is None:
-            _PREDICTIONS = weakref.WeakKeyDictionary()
         key = _prediction_key(model, x, batch_size)
-        memo = _PREDICTIONS.setdefault(model, LRU(lambda: _PREDICTIONS_PER_MODEL))
+        memo = getattr(model, _ATTRIBUTE, None)
+        if memo is None:
+            memo = LRU(lambda: _PREDICTIONS_PER_MODEL)
+            try:
+                setattr(model, _ATTRIBUTE, memo)
+            except AttributeError:  # an object that takes no attributes: no memo
+                pass
         remembered = memo.get(key)
         if remembered is not None:
             return remembered.copy()

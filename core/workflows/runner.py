@@ -265,7 +265,7 @@ def _run_step(engine, client, experiment_id, workflow, planned: PlannedStep, var
     try:
         resolved = resolve_params(step, variables, done)
         # a step's check runs once: while planning if it uses no earlier step, else here
-        values = engine.validate(task, resolved, preflight=not checked)
+        values = engine.validate(task, resolved, preflight=not checked, keep_checks=True)
     except GnomonError as exc:
         raise WorkflowStepError(workflow.name, step, _active_id(), exc) from exc
     key = planned.key

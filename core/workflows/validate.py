@@ -56,7 +56,10 @@ def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, 
     First every step's parameters are checked against its schema (fast); only if all pass do
     the tasks' ``check`` functions run (with ``preflight``) for steps that use no earlier step.
     """
-    return plan_workflow(engine, workflow, variables, preflight=preflight)
+    try:
+        return plan_workflow(engine, workflow, variables, preflight=preflight)
+    finally:
+        engine.store.release_checks()  # validation alone keeps nothing the checks loaded
 
 
 def plan_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, preflight: bool = True) -> Plan:

@@ -108,9 +108,7 @@ def _target_field(default: int = 1) -> fields.Integer:
         "description": "Class index the backdoor makes the model predict (must be one of the data's/model's classes)."})
 
 
-# -- datasets: loaded once by check, reused by the task --------------------------------
-
-_LOADED: dict[tuple, Any] = {}
+# -- datasets: loaded once by check, handed to the task through the engine's store --------
 
 
 def _source_key(engine_or_ctx: Any, params: dict[str, Any], run_id_field: str, data_dir_field: str,
@@ -125,13 +123,14 @@ def _load(engine_or_ctx: Any, params: dict[str, Any], *, run_id_field: str, data
     """The dataset the params name; a check (``keep``) leaves it for the task run that follows."""
     from gnomon.core.datasets import resolve_dataset
 
+    store = (getattr(engine_or_ctx, "engine", None) or engine_or_ctx).store
     key = _source_key(engine_or_ctx, params, run_id_field, data_dir_field, default_split)
-    dataset = _LOADED.get(key) if keep else _LOADED.pop(key, None)
+    dataset = store.peek_for_run(key) if keep else store.take_for_run(key)
     if dataset is None:
         dataset = resolve_dataset(engine_or_ctx, params, run_id_field=run_id_field, data_dir_field=data_dir_field,
                                   default_split=default_split)
         if keep:
-            _LOADED[key] = dataset
+            store.keep_for_run(key, dataset)
     return dataset
 
 
