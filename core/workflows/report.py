@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .report_data import ReportData, ResultRow, collect
 from .report_figures import curves_chart, example_grid, results_chart
+from .report_sections import render_sections
 
 
 @dataclass
@@ -107,7 +108,7 @@ def results_table(data: ReportData):
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
 padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h1{font-size:1.6em}h3{font-size:1.05em;margin-top:1.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -144,6 +145,7 @@ def render_html(data: ReportData, pictures: dict[str, bytes | None]) -> str:
             out.append(f"<img alt='{e(title)}' src='data:image/png;base64,{b64}'>")
         else:
             out.append("<p class='dim'>Nothing to show.</p>")
+    out.append(render_sections(data.sections))
     for note in data.notes:
         out.append(f"<p class='dim'>{e(note)}</p>")
     out.append("<h2>Versions</h2><table>")

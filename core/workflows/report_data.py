@@ -84,6 +84,7 @@ class ReportData:
     example_captions: list[str]
     wall_time_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    sections: list[Any] = field(default_factory=list)  # report_sections.Section, one per step that logged one
 
 
 def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
@@ -117,6 +118,9 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
         data.examples, data.example_captions = example_images(engine, client, steps, n_examples)
     except Exception as exc:  # pictures are a bonus; the numbers must still be reported
         data.notes.append(f"example images unavailable: {type(exc).__name__}: {exc}")
+    from .report_sections import collect_sections
+
+    data.sections = collect_sections(client, steps)
     return data
 
 

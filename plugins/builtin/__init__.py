@@ -24,6 +24,7 @@ PARTS = (
     "attack_tasks",
     "defenses",
     "defense_tasks",
+    "detection_tasks",
     "workflows",
     "commands",
 )
