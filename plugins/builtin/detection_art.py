@@ -93,7 +93,12 @@ def run_spectral_signatures(classifier, x, y_onehot, *, expected_pp_poison, eps_
 
 # -- STRIP ----------------------------------------------------------------------------------------
 
-def strip_entropies(predict_fn, x, x_val, *, num_samples: int, chunk: int = 128, advance=None):
+#: STRIP entropy formulas: ART 1.20's and Gao et al.'s (see :func:`strip_entropies`).
+STRIP_FORMULAS = {"art": 0, "paper": 1}
+
+
+def strip_entropies(predict_fn, x, x_val, *, num_samples: int, chunk: int = 128, advance=None,
+                    formula: str = "art"):
     """ADAPTER: ART STRIP's normalised entropy of every input in ``x``, in batches.
 
     For each input, in order, ART draws ``np.random.choice(np.arange(len(x_val)), num_samples)``
@@ -102,11 +107,17 @@ def strip_entropies(predict_fn, x, x_val, *, num_samples: int, chunk: int = 128,
     ``sum(scipy.stats.entropy(preds, base=2, axis=0)) / num_samples``. This does the same draws
     in the same order and the same arithmetic, but predicts ``chunk`` inputs' superimpositions
     in one call instead of one input at a time.
+
+    ``formula="art"`` is ART 1.20's ``entropy(preds, base=2, axis=0)``: scipy normalises each
+    class's column over the ``num_samples`` superimpositions, which is not the entropy of a
+    prediction. ``formula="paper"`` is Gao et al.'s: the entropy over classes of each superimposed
+    prediction (``axis=1``), summed and divided by ``num_samples``. Nothing else differs.
     """
     import numpy as np
     from art.estimators.poison_mitigation.strip.strip import combine_images
     from scipy.stats import entropy
 
+    axis = STRIP_FORMULAS[formula]
     out = np.empty(len(x), dtype=np.float64)
     candidates = np.arange(len(x_val))
     for start in range(0, len(x), chunk):
@@ -116,7 +127,7 @@ def strip_entropies(predict_fn, x, x_val, *, num_samples: int, chunk: int = 128,
                                   for img, row in zip(batch, picks, strict=True)])
         preds = predict_fn(blended).reshape(len(batch), num_samples, -1)
         for i in range(len(batch)):
-            out[start + i] = np.sum(entropy(preds[i], base=2, axis=0)) / float(num_samples)
+            out[start + i] = np.sum(entropy(preds[i], base=2, axis=axis)) / float(num_samples)
         if advance is not None:
             advance(len(batch))
     return out
@@ -233,16 +244,23 @@ def outlier_detection(nc, x_val, y_val_onehot, *, advance=None):
     return np.stack(masks), np.stack(patterns), norms_arr, anomaly, flagged
 
 
-def mitigate_with(nc, x_val, y_val_onehot, masks, patterns, flagged, mitigation: str) -> None:
+def mitigate_with(nc, x_val, y_val_onehot, masks, patterns, flagged, mitigation: str, *,
+                  unlearning_data: str = "art", rng=None) -> None:
     """ART ``NeuralCleanseMixin.mitigate`` with the backdoors already found.
 
     ART's ``mitigate`` starts by re-running the whole backdoor search (``backdoor_examples`` ->
     ``outlier_detection``); here ``backdoor_examples`` returns the reverse-engineered examples
-    built exactly as ART builds them from the search just done, then ART's ``mitigate`` runs.
+    built from the search just done, then ART's ``mitigate`` runs unchanged.
+
+    ``unlearning_data="art"`` builds them exactly as ART does: the validation images *of the
+    flagged class* with its reversed trigger, labelled with that class. ``"paper"`` builds them as
+    Wang et al. (2019, section VI-C) describe unlearning: every validation image, a random 20% of
+    them (``rng``) stamped with the flagged class's reversed trigger, all keeping their true labels.
+    ART then fine-tunes on them for one epoch at batch size 1 either way.
     """
     import numpy as np
 
-    def backdoor_examples(x, y):
+    def art_examples(x, y):
         clean, examples, labels = [], [], []
         for label in flagged:
             rows = np.argmax(y, axis=1) == label
@@ -254,7 +272,17 @@ def mitigate_with(nc, x_val, y_val_onehot, masks, patterns, flagged, mitigation:
             return np.array(clean), np.array(examples), np.array(labels)
         return np.vstack(clean), np.vstack(examples), np.vstack(labels)
 
-    nc.backdoor_examples = backdoor_examples
+    def paper_examples(x, y):
+        if not flagged:
+            return np.array([]), np.array([]), np.array([])
+        data = np.copy(x)
+        stamped = rng.choice(len(x), size=max(1, int(round(0.2 * len(x)))), replace=False)
+        for i, row in enumerate(stamped):
+            label = flagged[i % len(flagged)]
+            data[row] = (1 - masks[label]) * data[row] + masks[label] * patterns[label]
+        return np.copy(x), data, np.copy(y)
+
+    nc.backdoor_examples = paper_examples if unlearning_data == "paper" else art_examples
     with quiet_stdout():
         nc.mitigate(x_val, y_val_onehot, [mitigation])
 

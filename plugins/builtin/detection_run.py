@@ -35,10 +35,7 @@ def _load_model(ctx, params):
 
 def _ground_truth(dataset):
     """The poisoned mask, or None when the dataset does not record which samples were poisoned."""
-    meta = dataset.metadata
-    if "poisoned_files" not in meta and "poisoned_indices" not in meta:
-        return None
-    return dataset.poisoned_mask()
+    return dataset.poison_ground_truth()
 
 
 def _section(ctx, title: str, metrics: list[tuple[str, str]], *, tables=None, figures=()) -> None:
@@ -65,20 +62,21 @@ def _screen(ctx, params, detect) -> dict[str, Any]:
         model = _load_model(ctx, params)
     truth = _ground_truth(dataset)
     examined = parse_classes(params.get("classes"))
-    rows = np.arange(len(dataset)) if examined is None else np.flatnonzero(np.isin(dataset.y, examined))
-    ctx.info(f"screening {len(rows)} of {len(dataset)} samples"
-             + ("" if examined is None else f" (classes {', '.join(map(str, examined))})"))
+    rows = np.arange(len(dataset))
     classifier = art_classifier(model)
-    x = fit_to_model(dataset.x[rows], model)
-    y1h = one_hot(dataset.y[rows], dataset.n_classes)
+    x = fit_to_model(dataset.x, model)
+    y1h = one_hot(dataset.y, dataset.n_classes)
     ctx.seed_tensorflow()
     with ctx.progress(ctx.task, total=None), timer("detect"):
         is_clean, extras = detect(classifier, x, y1h)
     with timer("metrics"):
-        flagged = np.zeros(len(dataset), dtype=bool)
-        flagged[rows] = ~is_clean
-        metrics: dict[str, float] = {"n_samples": len(dataset), "n_examined": len(rows),
-                                     "n_flagged": int(flagged.sum()), "flagged_fraction": float(flagged.mean())}
+        flagged = ~np.asarray(is_clean, dtype=bool)
+        if examined is not None:
+            # ART analyses every class on its own (the 'distance' analysis also compares class medians, so it
+            # sees all the data); only the flags in the examined classes are kept
+            flagged &= np.isin(dataset.y, examined)
+        metrics: dict[str, float] = {"n_samples": len(dataset), "n_flagged": int(flagged.sum()),
+                                     "flagged_fraction": float(flagged.mean())}
         if truth is not None:
             metrics["n_poisoned"] = int(truth.sum())
             metrics.update(flag_scores(flagged, truth))
@@ -155,7 +153,9 @@ def activation_clustering(ctx, **params) -> dict[str, Any]:
         is_clean, report, defence = run_activation_clustering(
             classifier, x, y1h, layer=params.get("layer"), nb_clusters=params["nb_clusters"],
             nb_dims=params["nb_dims"], reduce=params["reduce"], cluster_analysis=params["cluster_analysis"])
-        ctx.log_json(_jsonable(report), "detection/art_report.json")
+        from gnomon.core.jsonable import jsonable
+
+        ctx.log_json(jsonable(report), "detection/art_report.json")
 
         def figure(dataset, rows, truth):
             y = dataset.y[rows]
@@ -197,7 +197,7 @@ def spectral_signatures(ctx, **params) -> dict[str, Any]:
             feats = np.reshape(seen["features"], (len(rows), -1))
             poisoned = None if truth is None else _by_class(truth[rows], y, dataset.n_classes)
             points = [_pca2(f) if len(f) else np.zeros((0, 2)) for f in _by_class(feats, y, dataset.n_classes)]
-            groups = _by_class((~is_clean).astype(int), y, dataset.n_classes)
+            groups = _by_class((~np.asarray(is_clean, dtype=bool)).astype(int), y, dataset.n_classes)
             return projection_figure(points, groups, poisoned, dataset.class_names,
                                      title="Spectral signatures: activations on their top two principal directions "
                                            "(the first is the signature); group 1 = flagged",
@@ -206,20 +206,6 @@ def spectral_signatures(ctx, **params) -> dict[str, Any]:
         return is_clean, {"figure": figure, "options": ("expected_pp_poison", "eps_multiplier", "classes")}
 
     return _screen(ctx, params, detect)
-
-
-def _jsonable(value):
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 # -- STRIP ----------------------------------------------------------------------------------------
@@ -275,10 +261,13 @@ def strip(ctx, **params) -> dict[str, Any]:
     k = int(params["num_samples"])
     total = len(x_val) + len(x_trig) + len(x_clean)
     with ctx.progress("STRIP entropies", total=total) as advance, timer("detect"):
-        val_h = strip_entropies(predict_fn, x_val, x_val, num_samples=k, chunk=batch, advance=advance)
+        val_h = strip_entropies(predict_fn, x_val, x_val, num_samples=k, chunk=batch, advance=advance,
+                                 formula=params["entropy_formula"])
         threshold = strip_threshold(val_h, float(params["false_acceptance_rate"]))
-        trig_h = strip_entropies(predict_fn, x_trig, x_val, num_samples=k, chunk=batch, advance=advance)
-        clean_h = strip_entropies(predict_fn, x_clean, x_val, num_samples=k, chunk=batch, advance=advance)
+        trig_h = strip_entropies(predict_fn, x_trig, x_val, num_samples=k, chunk=batch, advance=advance,
+                                 formula=params["entropy_formula"])
+        clean_h = strip_entropies(predict_fn, x_clean, x_val, num_samples=k, chunk=batch, advance=advance,
+                                 formula=params["entropy_formula"])
     with timer("metrics"):
         roc = roc_summary(clean_h, trig_h)
         trig_flag, clean_flag = trig_h <= threshold, clean_h <= threshold
@@ -382,7 +371,8 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
     mitigation = params["mitigation"]
     if mitigation != "none":
         with timer("mitigate"):
-            mitigate_with(nc, x_val, y_val, masks, patterns, flagged, mitigation)
+            mitigate_with(nc, x_val, y_val, masks, patterns, flagged, mitigation,
+                          unlearning_data=params["unlearning_data"], rng=ctx.rng)
         metrics = _repaired_metrics(ctx, params, nc, model, mitigation)
         ctx.log_metrics(metrics)
         shown += [(f"after {mitigation}: clean accuracy", f"{metrics.get('repaired_accuracy', float('nan')):.1%}")]

@@ -38,8 +38,9 @@ def cleaned_tar_name(task: str) -> str:
 
 def _classes_field() -> fields.String:
     return fields.String(load_default="", metadata={
-        "description": "Comma-separated class indices to examine (e.g. '1'); empty: every class. ART analyses each "
-                       "class on its own, so this is ART run on those classes' samples; other samples are kept."})
+        "description": "Comma-separated class indices whose flags are kept (e.g. '1', or the classes Neural Cleanse "
+                       "flagged); empty: every class. ART still runs on the whole dataset; samples of other classes "
+                       "are never removed."})
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -120,10 +121,20 @@ class StripSchema(TaskSchema, DatasetSource("dataset_run_id", default_split="tes
                                                                                     max_inclusive=False),
                                          metadata={"description": "ART's false_acceptance_rate: the quantile of the "
                                                                   "clean entropy distribution used as threshold, (0, 1)."})
+    entropy_formula = fields.String(load_default="paper", validate=validate.OneOf(("paper", "art")), metadata={
+        "description": "'paper': Gao et al.'s entropy of each superimposed prediction over the classes; 'art': ART "
+                       "1.20's scipy entropy along axis 0 (over the superimpositions, per class). docs/defenses.md."})
     batch_size = PositiveInt(load_default=128, metadata={"description": "Inputs superimposed per prediction batch."})
 
 
-class NeuralCleanseSchema(TaskSchema, DatasetSource("dataset_run_id", default_split="training",
+class _NeuralCleanseChecks:
+    @validates_schema
+    def _unlearning_data(self, data, **kwargs):
+        if data.get("unlearning_data", "art") != "art" and data.get("mitigation") != "unlearning":
+            raise ValidationError("only used with mitigation=unlearning", "unlearning_data")
+
+
+class NeuralCleanseSchema(_NeuralCleanseChecks, TaskSchema, DatasetSource("dataset_run_id", default_split="training",
                                                     default_tar=DEFAULT_TAR, default_name=DEFAULT_NAME),
                           RegisteredModel):
     n_validation = fields.Integer(load_default=1000, strict=False, validate=validate.Range(10, 100000), metadata={
@@ -152,6 +163,10 @@ class NeuralCleanseSchema(TaskSchema, DatasetSource("dataset_run_id", default_sp
     mitigation = fields.String(load_default="none", validate=validate.OneOf(MITIGATIONS), metadata={
         "description": "Repair with ART's mitigation: none, unlearning, pruning (both register the repaired model) "
                        "or filtering (abstain on inputs that excite the backdoor neurons; nothing to register)."})
+    unlearning_data = fields.String(load_default="art", validate=validate.OneOf(("art", "paper")), metadata={
+        "description": "Data unlearning fine-tunes on: 'art' (ART's: the flagged class's validation images with its "
+                       "reversed trigger, labelled with that class) or 'paper' (Wang et al. 2019: every validation "
+                       "image, 20% of them with the reversed trigger, true labels). Only with mitigation=unlearning."})
     model_tag = fields.String(load_default="neural_cleanse", metadata={
         "description": "Tag in the repaired model's registered name {EXPERIMENT}_{model_tag}_{architecture}."})
     test_data_dir = fields.String(load_default=None, allow_none=True, metadata={

@@ -12,7 +12,7 @@ from pathlib import Path
 WORKFLOW_DIR = Path(__file__).resolve().parent / "workflow_files"
 
 #: The shipped workflows, in the order the seed presents its demos.
-DEMOS = ("baseline", "adversarial_embedding", "clean_label")
+DEMOS = ("baseline", "adversarial_embedding", "clean_label", "backdoor_defenses")
 
 
 def workflow_path(name: str) -> Path:
