@@ -217,7 +217,7 @@ def speed(engine, steps, args):
 
 def main() -> int:
     args = _args()
-    args.ac_analysis = dict(o.split("=", 1) for o in args.overrides).get("ac_cluster_analysis", "distance")
+    args.ac_analysis = dict(o.split("=", 1) for o in args.overrides).get("ac_cluster_analysis", "smaller")
     if args.home:
         os.environ["GNOMON_HOME"] = args.home
     else:

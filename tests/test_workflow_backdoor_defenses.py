@@ -34,7 +34,7 @@ def test_backdoor_defenses_end_to_end_on_the_mnist_sample(gnomon_engine, tmp_pat
     assert {s.status for s in result.steps} == {"ran"}
     data = result.report.data
     titles = [s.title for s in data.sections]
-    assert titles == ["activation clustering", "spectral signatures", "STRIP", "Neural Cleanse with unlearning"]
+    assert titles == ["Neural Cleanse with unlearning", "activation clustering", "spectral signatures", "STRIP"]
     rows = {(r.model, r.defense): r for r in data.rows}
     for defense in ("activation clustering + retraining", "spectral signatures + retraining",
                     "neural cleanse unlearning"):

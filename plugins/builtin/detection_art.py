@@ -1,7 +1,7 @@
 """Builtin part: the ART poison detectors and backdoor defences, and the small adapters they need.
 
 Everything here calls ART 1.20 (``ActivationDefence``, ``SpectralSignatureDefense``,
-``STRIP``, ``NeuralCleanse``). Three places adapt ART; each is marked ``ADAPTER`` below and
+``STRIP``, ``NeuralCleanse``). These places adapt ART; each is marked ``ADAPTER`` below and
 described in docs/defenses.md:
 
 * ``ActivationDefence`` reads the activations of a fixed layer (the last one before the
@@ -10,6 +10,9 @@ described in docs/defenses.md:
   the entropy of every input (ROC, detection at a chosen false-alarm rate).
   :func:`strip_entropies` computes exactly ART's per-input entropy (same random draws, same
   superimposition, same normalisation) in batches.
+* ART's ``KerasNeuralCleanse.reset`` zeroes the Keras 3 optimizer's learning rate (Keras 3
+  keeps it among ``optimizer._variables``), so after the first class nothing is learnt;
+  :func:`_reset_keeping_learning_rate` restores it after ART's reset.
 * ART's ``KerasNeuralCleanse`` runs its optimisation step eagerly under Keras 3 (its
   ``@tf.function`` is commented out) and prints a tensor every step; :func:`compile_train_step`
   replaces that step by the identical step compiled with ``tf.function`` (the cost is read from
@@ -157,7 +160,25 @@ def neural_cleanse(model, params: dict[str, Any]):
             early_stop_patience=int(params["early_stop_patience"]), cost_multiplier=float(params["cost_multiplier"]),
             batch_size=int(params["nc_batch_size"]))
     cleanse.train = compile_train_step(cleanse)
+    cleanse.reset = _reset_keeping_learning_rate(cleanse)
     return cleanse
+
+
+def _reset_keeping_learning_rate(nc):
+    """ADAPTER: ART's ``reset`` (called before each class's search), then the learning rate restored.
+
+    ART zeroes every variable in ``optimizer._variables`` to clear Adam's moments. Under Keras 3
+    that list also holds the optimizer's ``learning_rate`` variable, so ART sets the learning rate
+    to 0 and the mask and pattern never move again. This runs ART's reset unchanged, then assigns
+    the learning rate back to ``nc.learning_rate``.
+    """
+    art_reset = type(nc).reset
+
+    def reset():
+        art_reset(nc)
+        nc.opt.learning_rate.assign(float(nc.learning_rate))
+
+    return reset
 
 
 def compile_train_step(nc):
