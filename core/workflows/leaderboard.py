@@ -254,9 +254,10 @@ def leaderboard_table(board: Leaderboard):
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1500px;color:#222;
 padding:0 1em}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em}th,td{border:1px solid #ccc;padding:.25em .5em}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.6em 0;font-size:.8em}
+th,td{border:1px solid #ccc;padding:.2em .35em}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 th.group{background:#e6eef7}.sd{color:#777;font-size:.85em}img{max-width:100%;border:1px solid #eee}
 .dim{color:#777}
@@ -276,7 +277,7 @@ def render_html(board: Leaderboard, pictures: dict[str, bytes | None]) -> str:
            f"<p>Each cell: mean ± 95% confidence interval (t-distribution) over {n} seed(s), standard deviation "
            "in grey. CA, ASR and RA in percent.</p>"]
     vars_ = board.variables or ["sweep"]
-    out.append("<table><tr>" + "".join(f"<th rowspan='2'>{e(v)}</th>" for v in vars_)
+    out.append("<div class='scroll'><table><tr>" + "".join(f"<th rowspan='2'>{e(v)}</th>" for v in vars_)
                + "".join(f"<th class='group' colspan='{3 if d == NO_DEFENSE else 4}'>defense: {e(d)}</th>"
                          for d in board.defenses) + "</tr><tr>")
     for d in board.defenses:
@@ -298,7 +299,7 @@ def render_html(board: Leaderboard, pictures: dict[str, bytes | None]) -> str:
                 sd = "" if stat.std is None else f"<br><span class='sd'>sd {fmt.format(stat.std * scale)}</span>"
                 out.append(f"<td class='num'>{e(cell_text(stat, m))}{sd}</td>")
         out.append("</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     out.append("<p class='dim'>CA: clean accuracy on the (defended) clean test set. ASR: attack success rate, "
                "among triggered images whose true class is not the target, the share classified as the target. "
                "RA: robust accuracy, accuracy on the triggered test set against the true labels. DER: "
