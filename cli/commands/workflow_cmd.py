@@ -59,6 +59,10 @@ def show_workflow(
                         [[k, repr(v)] for k, v in workflow.variables.items()]))
     from rich.markup import escape
 
+    if workflow.sweep:
+        axes = {k: v for k, v in workflow.sweep.items() if k != "exclude"}
+        out.print("[bold]sweep[/bold] (runs by default; --sweep NAME=... replaces an axis): "
+                  + escape("; ".join(f"{k} = {v}" for k, v in axes.items())), soft_wrap=True)
     matrices = sum(1 for d in workflow.declared if d.matrix is not None)
     expanded = f"; {matrices} matrix step(s) expanded" if matrices else ""
     out.print(f"[bold]steps[/bold] ({len(workflow.steps)}, run in this order{expanded}):")
