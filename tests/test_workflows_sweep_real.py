@@ -15,7 +15,7 @@ name = "small_sweep"
 description = "A backdoor, one defense, on the MNIST sample."
 
 [vars]
-epochs = 1.0
+epochs = 0.5
 poison_fraction = 0.3
 trigger = "pattern"
 seed = 0
