@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import GnomonError
@@ -178,17 +178,22 @@ def plan_sweep(engine, workflow: Workflow, variables: dict[str, Any], matrix: Ma
     if problems:
         raise WorkflowValidationError(workflow.name, problems)
     if preflight:
+        checked_keys: set[str] = set()  # steps whose task check ran while planning (runs once per key)
         for combination in combos:
             if all(p.key in checked for p in combination.plan.steps):
                 continue
             try:
-                plan_workflow(engine, workflow, combination.variables, preflight=True)
+                full = plan_workflow(engine, workflow, combination.variables, preflight=True)
+                checked_keys.update(p.key for p in full.steps if p.name in full.checked)
             except WorkflowValidationError as exc:
                 problems.extend(Problem(f"{p.step} (sweep combination {combination.label})", p.index, p.task,
                                         p.field, p.message) for p in exc.problems)
             checked.update(p.key for p in combination.plan.steps)
         if problems:
             raise WorkflowValidationError(workflow.name, problems)
+        combos = [replace(c, plan=replace(c.plan, checked=frozenset(p.name for p in c.plan.steps
+                                                                    if p.key in checked_keys)))
+                  for c in combos]
     return SweepPlan(workflow=workflow, matrix=matrix, combinations=tuple(combos))
 
 
