@@ -279,9 +279,13 @@ class DemoSchema(TaskSchema):
     sleep_s = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=60),
                            metadata={{"description": "seconds to sleep (to test killed workers)"}})
     fail = Bool(load_default=False, metadata={{"description": "raise an error instead of finishing"}})
+    offset = fields.Integer(load_default=0, metadata={{"description": "added to the total (e.g. an earlier step's)"}})
+    input_run = fields.String(load_default="", metadata={{
+        "description": "run id whose demo/draws.json artifact is read (downloaded through MLflow) and added"}})
 
 
-def remote_demo(ctx, n, sleep_s, fail, seed):
+def remote_demo(ctx, n, sleep_s, fail, seed, offset, input_run):
+    import json
     import time
 
     ctx.output("marker", MARKER)
@@ -289,10 +293,17 @@ def remote_demo(ctx, n, sleep_s, fail, seed):
         time.sleep(sleep_s)
     if fail:
         raise ValueError("remote_demo failed on purpose (fail=true)")
+    inherited = 0
+    if input_run:
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(run_id=input_run, artifact_path="demo/draws.json",
+                                                   dst_path=str(ctx.workdir / "input"))
+        inherited = sum(json.loads(open(path).read())["draws"])
     draws = ctx.rng.integers(0, 100, size=n)
-    ctx.log_metrics({{"n": n, "mean": float(draws.mean())}})
+    ctx.log_metrics({{"n": n, "mean": float(draws.mean()), "inherited": inherited}})
     ctx.log_json({{"draws": draws.tolist(), "marker": MARKER}}, "demo/draws.json")
-    return {{"total": int(draws.sum())}}
+    return {{"total": int(draws.sum()) + offset + inherited}}
 
 
 @hookimpl

@@ -204,24 +204,25 @@ def test_bad_params_never_reach_the_queue(stack):
 
 @pytest.mark.slow
 def test_workflow_job_runs_on_worker(stack):
-    from gnomon.core.remote import jobs
+    """``submit --workflow`` of a registered (synced) workflow: one job per step (more in test_remote_fanout.py)."""
+    from gnomon.core.remote import fanout, jobs
 
     connection = _connection(stack)
-    # queued through the workflow command, as a user would
-    queued = _cli(["workflow", "run", "remote_demo_flow", "-P", "n=4", "--queue", "e2e", "--redis", stack["redis"].url,
-                   "--plugins", stack["url"], "--json"], stack["submit_env"])
+    queued = _cli(["submit", "--workflow", "remote_demo_flow", "-P", "n=4", "--queue", "e2e", "--redis",
+                   stack["redis"].url, "--plugins", stack["url"], "--json"], stack["submit_env"])
     assert queued.returncode == 0, queued.stderr
     submitted = json.loads(queued.stdout)
-    assert submitted["manifest"]  # pinned to the manifest in force at submit time (other tests may sync newer ones)
-    job = jobs.fetch(connection, submitted["id"])
-    info = jobs.wait(connection, job.id, timeout=180)
-    assert info["status"] == "finished", info["error"]
-    assert info["submitted_manifest"] == submitted["manifest"] == info["manifest"]
-    assert info["kind"] == "workflow" and [s["status"] for s in info["result"]["steps"]] == ["ran", "ran"]
+    assert submitted["manifest"] and set(submitted["jobs"]) == {"first", "second"}
+    info = fanout.wait_workflow(connection, submitted["run_id"], timeout=180)
+    assert info["state"] == "finished", info
+    for step in info["steps"]:
+        job = jobs.describe(jobs.fetch(connection, step["job"]))
+        assert job["status"] == "finished" and job["kind"] == "step" and job["workflow_run"] == submitted["run_id"]
+        assert job["manifest"] == job["submitted_manifest"] == submitted["manifest"]
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=stack["mlflow"].url)
-    parent = client.get_run(info["run_id"])
+    parent = client.get_run(submitted["run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert parent.info.status == "FINISHED" and sorted(c.data.metrics["n"] for c in children) == [3.0, 4.0]

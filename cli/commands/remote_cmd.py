@@ -146,49 +146,101 @@ def submit(
     endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=ENDPOINT_HELP),
     experiment: str | None = typer.Option(None, "--experiment", "-e", envvar="GNOMON_EXPERIMENT",
                                              help="MLflow experiment (default: gnomon)."),
-    retries: int = typer.Option(0, "--retries", min=0, help="Re-run the job this many times if it fails or its worker dies."),
+    retries: int | None = typer.Option(None, "--retries", min=0,
+                                       help="Task: re-run the job this many times if it fails or its worker dies "
+                                            "(default 0). Workflow: re-run a step whose worker died (default 2)."),
     timeout: int | None = typer.Option(None, "--timeout", min=1, help="Kill the job after this many seconds."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end and print its result."),
     wait_timeout: float | None = typer.Option(None, "--wait-timeout", help="With --wait: give up after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Validate TASK's parameters, then enqueue it for a worker (pinned to the synced manifest version)."""
-    from gnomon.core.engine import Engine
     from gnomon.core.params import parse_cli_params
     from gnomon.core.remote import RemoteError
     from gnomon.core.remote import jobs as rjobs
 
     params = parse_cli_params(param or [])
-    manifest_id = None
-    if plugins:
-        from gnomon.core.remote.pull import load_synced_plugins, pull
-
-        report = pull(plugins, cache, version=plugins_version, endpoint=endpoint_url)
-        manifest_id = report.manifest_id
-        engine = Engine(load_synced_plugins(report.set_dir), experiment=experiment, show_progress=False)
-    else:
-        engine = state.engine(experiment)
+    engine, manifest_id = submit_engine(plugins, plugins_version, cache, endpoint_url, experiment)
     # bad params never reach the queue; checks needing the tracking store run only against a shared server
     preflight = bool(os.environ.get("MLFLOW_TRACKING_URI"))
     if workflow:
-        rjobs.validate_workflow_submission(engine, task, params, preflight)
-    else:
-        engine.validate(task, params, preflight=preflight)
+        return submit_workflow_cmd(engine, task, params, queue=queue, redis=redis, manifest_id=manifest_id,
+                                   plugins=plugins, retries=retries, timeout=timeout, wait=wait,
+                                   wait_timeout=wait_timeout, as_json=as_json, preflight=preflight)
+    engine.validate(task, params, preflight=preflight)
     connection = rjobs.connect(redis)
     job = rjobs.submit(connection, task, params, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
-                       experiment=engine.experiment, retries=retries, timeout=timeout,
-                       kind="workflow" if workflow else "task")
+                       experiment=engine.experiment, retries=retries or 0, timeout=timeout)
     if not wait:
         if as_json:
             print_json({"id": job.id, "queue": queue, "task": task, "manifest": manifest_id, "status": "queued"})
         else:
-            console().print(f"submitted job {job.id} ({'workflow ' if workflow else ''}{task}) to queue '{queue}'"
+            console().print(f"submitted job {job.id} ({task}) to queue '{queue}'"
                             + (f", plugins manifest {manifest_id}" if manifest_id else ""))
         return
     info = rjobs.wait(connection, job.id, timeout=wait_timeout)
     _print_job(info, as_json)
     if info["status"] != "finished":
         raise RemoteError(f"job {job.id} {info['status']}: {info.get('error') or 'no error recorded'}")
+
+
+def submit_engine(plugins: str | None, plugins_version: str | None, cache: str | None, endpoint_url: str | None,
+                  experiment: str | None):
+    """The engine to validate a submission with, and the manifest to pin it to: the synced plugins
+    (pulled into the local cache) with ``--plugins``, else the local ones."""
+    if not plugins:
+        return state.engine(experiment), None
+    from gnomon.core.engine import Engine
+    from gnomon.core.remote.pull import load_synced_plugins, pull
+
+    report = pull(plugins, cache, version=plugins_version, endpoint=endpoint_url)
+    return Engine(load_synced_plugins(report.set_dir), experiment=experiment, show_progress=False), report.manifest_id
+
+
+def submit_workflow_cmd(engine, name: str, overrides: dict, *, queue: str, redis: str | None, manifest_id: str | None,
+                        plugins: str | None, retries: int | None, timeout: int | None, wait: bool,
+                        wait_timeout: float | None, as_json: bool, preflight: bool = True, resume: bool = False) -> None:
+    """Validate a workflow (file or registered name), then enqueue each of its steps as its own job."""
+    from gnomon.core.remote import RemoteError, fanout
+    from gnomon.core.remote import jobs as rjobs
+    from gnomon.core.workflows import apply_overrides, find_workflow, validate_workflow
+
+    workflow = find_workflow(engine, name)
+    variables = apply_overrides(workflow, overrides)
+    fanout.shared_tracking_uri(engine)
+    validate_workflow(engine, workflow, variables, preflight=preflight)
+    connection = rjobs.connect(redis)
+    submission = fanout.submit_workflow(
+        engine, connection, workflow, variables, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
+        retries=fanout.DEFAULT_STEP_RETRIES if retries is None else retries, timeout=timeout, resume=resume)
+    if not wait:
+        if as_json:
+            print_json(submission.to_dict())
+        else:
+            console().print(f"workflow {workflow.name}: {len(submission.jobs)} steps queued on '{queue}' as separate "
+                            f"jobs; parent run {submission.run_id}"
+                            + (f", plugins manifest {manifest_id}" if manifest_id else ""))
+            console().print(f"follow it with: gnomon workflow status {submission.run_id}")
+        return
+    info = fanout.wait_workflow(connection, submission.run_id, timeout=wait_timeout)
+    print_workflow_status(info, as_json)
+    if info["state"] != "finished":
+        raise RemoteError(f"workflow run {submission.run_id} {info['state']}")
+
+
+def print_workflow_status(info: dict, as_json: bool) -> None:
+    """The table (or JSON) of ``gnomon workflow status``."""
+    if as_json:
+        print_json(info)
+        return
+    out = console()
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(info["counts"].items()))
+    out.print(f"workflow [bold]{info['workflow']}[/bold] run {info['run_id']}: [bold]{info['state']}[/bold] "
+              f"({counts}); queue '{info['queue']}', experiment '{info['experiment']}'")
+    rows = [[s["step"], s["status"] + (f" ({s['outcome']})" if s.get("outcome") not in (None, "ran") else ""),
+             s.get("worker"), s.get("attempts") or "", s.get("run_id"), s.get("job"), (s.get("error") or "")[:80]]
+            for s in info["steps"]]
+    out.print(table(None, ["step", "state", "worker", "attempts", "run", "job", "error"], rows))
 
 
 def _print_job(info: dict, as_json: bool) -> None:

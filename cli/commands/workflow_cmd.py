@@ -120,16 +120,18 @@ def run_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     queue: str | None = typer.Option(None, "--queue", "-q",
-                                     help="Enqueue the workflow for a remote worker on this RQ queue instead of running it here."),
+                                     help="Run each step as its own job on this RQ queue (gnomon worker processes) instead of here."),
     redis: str | None = typer.Option(None, "--redis", help="With --queue: Redis URL (default: GNOMON_REDIS_URL)."),
     plugins: str | None = typer.Option(None, "--plugins", envvar="GNOMON_PLUGINS_URL",
                                        help="With --queue: s3://BUCKET/PREFIX of the synced plugins to pin the job to."),
     endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="With --queue: S3 endpoint URL."),
-    wait: bool = typer.Option(False, "--wait", help="With --queue: wait for the job to end."),
+    wait: bool = typer.Option(False, "--wait", help="With --queue: wait for the workflow to end."),
+    retries: int = typer.Option(2, "--retries", min=0, help="With --queue: re-run a step whose worker died this many times."),
 ) -> None:
     """Run a workflow: all steps in this process, one parent MLflow run with a child run per step.
 
-    With --queue the workflow is validated here and enqueued for a worker ('gnomon worker').
+    With --queue the workflow is validated here and each step is enqueued as its own job, run by
+    'gnomon worker' processes as soon as the steps it uses have finished ('gnomon workflow status').
     """
     import os
 
@@ -139,15 +141,19 @@ def run_cmd(
 
             raise GnomonError("--sweep runs here, not with --queue (yet): drop --queue, or submit one "
                               "workflow run per combination")
-        if resume or report_dir or no_report:
+        if report_dir or no_report:
             from gnomon.core.errors import GnomonError
 
-            raise GnomonError("--resume, --report-dir and --no-report apply to local runs, not with --queue")
-        from .remote_cmd import submit
+            raise GnomonError("--report-dir and --no-report apply to local runs; with --queue the last job builds "
+                              "the report and logs it on the parent run ('gnomon report RUN_ID' writes it here)")
+        from gnomon.core.params import parse_cli_params
 
-        return submit(task=name, param=param, workflow=True, queue=queue, redis=redis, plugins=plugins,
-                      plugins_version=None, cache=None, endpoint_url=endpoint_url, experiment=experiment,
-                      retries=0, timeout=None, wait=wait, wait_timeout=None, as_json=as_json)
+        from .remote_cmd import submit_engine, submit_workflow_cmd
+
+        engine, manifest_id = submit_engine(plugins, None, None, endpoint_url, experiment)
+        return submit_workflow_cmd(engine, name, parse_cli_params(param or []), queue=queue, redis=redis,
+                                   manifest_id=manifest_id, plugins=plugins, retries=retries, timeout=None,
+                                   wait=wait, wait_timeout=None, as_json=as_json, resume=resume)
 
     if not state.options.get("debug"):
         # TensorFlow's C++ start-up chatter (CUDA probing, graph attribute notes) would bury the
@@ -257,6 +263,42 @@ def report_cmd(
                     "html": str(report.html_path)})
         return
     _print_report(console(), report)
+
+
+@workflow_app.command("status")
+@handle_errors
+def status_cmd(
+    run_id: str = typer.Argument(..., help="Parent run id printed by 'gnomon workflow run --queue'."),
+    redis: str | None = typer.Option(None, "--redis", help="Redis URL (default: GNOMON_REDIS_URL)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the workflow to end first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Every step of a workflow run on workers: its job state, worker, attempts and MLflow run."""
+    from gnomon.core.remote import fanout
+    from gnomon.core.remote import jobs as rjobs
+
+    from .remote_cmd import print_workflow_status
+
+    connection = rjobs.connect(redis)
+    info = fanout.wait_workflow(connection, run_id) if wait else fanout.workflow_status(connection, run_id)
+    print_workflow_status(info, as_json)
+
+
+@workflow_app.command("cancel")
+@handle_errors
+def cancel_cmd(
+    run_id: str = typer.Argument(..., help="Parent run id printed by 'gnomon workflow run --queue'."),
+    redis: str | None = typer.Option(None, "--redis", help="Redis URL (default: GNOMON_REDIS_URL)."),
+) -> None:
+    """Cancel a workflow run on workers: queued steps are cancelled, running ones stopped (runs KILLED)."""
+    from gnomon.core.remote import fanout
+    from gnomon.core.remote import jobs as rjobs
+
+    done = fanout.cancel_workflow(rjobs.connect(redis), run_id)
+    out = console()
+    for step, what in done.items():
+        out.print(f"  {step}: {what}")
+    out.print(f"workflow run {run_id}: cancelled ({len(done)} steps had not finished); parent run KILLED")
 
 
 def install(app: typer.Typer) -> None:

@@ -61,7 +61,7 @@ def queue(connection, name: str = DEFAULT_QUEUE):
 def submit(connection, task: str, params: dict[str, Any], *, queue_name: str = DEFAULT_QUEUE,
            manifest_id: str | None = None, plugins_url: str | None = None, experiment: str | None = None,
            retries: int = 0, timeout: int | None = None, retry_interval: int = 0, kind: str = "task"):
-    """Enqueue an already-validated task run (``kind="workflow"``: a registered workflow); returns the RQ job."""
+    """Enqueue an already-validated task run; returns the RQ job (workflows: :mod:`.fanout`)."""
     from rq import Callback, Retry
 
     meta = {"kind": kind, "task": task, "params": params, "manifest": manifest_id, "plugins_url": plugins_url,
@@ -121,6 +121,9 @@ def describe(job) -> dict[str, Any]:
         "enqueued_at": _iso(job.enqueued_at), "started_at": _iso(job.started_at), "ended_at": _iso(job.ended_at),
         "attempts": meta.get("attempts", 0), "plugins": meta.get("plugins"), "error": None, "result": None,
     }
+    if meta.get("workflow_run"):  # a step (or the closing job) of a workflow run on workers
+        info.update({"workflow": meta.get("workflow"), "step": meta.get("step"), "workflow_run": meta["workflow_run"],
+                     "outcome": meta.get("outcome")})
     if info["status"] in {"failed", "stopped"} or meta.get("error"):
         info["error"] = error_text(job)
     if info["status"] == "finished":
@@ -176,19 +179,3 @@ def wait(connection, job_id: str, timeout: float | None = None, poll: float = 0.
         if deadline is not None and time.monotonic() > deadline:
             raise RemoteError(f"job '{job_id}' did not finish within {timeout:.0f} s (status: {status(job)})")
         time.sleep(poll)
-
-
-def validate_workflow_submission(engine, name: str, overrides: dict[str, str], preflight: bool) -> None:
-    """Check a workflow job before it is queued: a registered name, known variables, valid steps."""
-    from pathlib import Path
-
-    from ..workflows import apply_overrides, find_workflow, validate_workflow
-
-    if name not in engine.registry.workflows:
-        hint = (" (workflow files must be shipped in a synced plugin: register it with register_workflows)"
-                if Path(name).expanduser().exists() or name.endswith(".toml") else "")
-        if hint:
-            raise RemoteError(f"cannot queue the file '{name}'{hint}")
-        find_workflow(engine, name)  # raises 'unknown workflow' with suggestions
-    workflow = find_workflow(engine, name)
-    validate_workflow(engine, workflow, apply_overrides(workflow, overrides), preflight=preflight)

@@ -43,38 +43,17 @@ def _save(job, **values: Any) -> None:
 
 def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
             experiment: str | None = None, kind: str = "task") -> dict[str, Any]:
-    """Run one job (called by RQ in the work horse); returns the run's result as a dict.
+    """Run one task job (called by RQ in the work horse); returns the run's result as a dict.
 
-    ``kind="workflow"``: ``task`` names a registered workflow and ``params`` are its variable
-    overrides; it runs like ``gnomon workflow run`` (one parent run, a child run per step).
+    (Workflow steps are jobs of their own: :mod:`.stepjob`.)
     """
-    from ..engine import Engine
     from ..errors import GnomonError, TaskFailedError
-    from ..plugins import load_plugins
-    from .pull import load_synced_plugins, pull
 
     job = _current_job()
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
     _save(job, function_started_at=time.time(), worker_host=socket.gethostname(), attempts=attempts)
-    from .. import settings
-
-    url = settings.text(ENV_PLUGINS)
     try:
-        if url:
-            began = time.perf_counter()
-            report = pull(url, settings.text(ENV_CACHE), version=manifest_id)
-            _save(job, pulled_manifest=report.manifest_id, pull_s=round(time.perf_counter() - began, 4))
-            plugins = load_synced_plugins(report.set_dir)
-        else:
-            plugins = load_plugins()
-        engine = Engine(plugins, experiment=experiment, show_progress=False)
-        engine.registry  # noqa: B018 - registration errors surface now
-        _save(job, plugins={i.name: {"version": i.version, "broken": i.error} for i in plugins.infos.values()})
-        broken = [f"{i.name}: {i.error}" for i in plugins.broken]
-        if broken and task not in engine.registry.tasks:
-            raise RemoteError(f"broken plugins on this worker: {'; '.join(broken)}")
-        if kind == "workflow":
-            return _run_workflow(job, engine, task, params)
+        engine = job_engine(job, manifest_id, experiment, needs=task)
         tags = {"gnomon.job_id": job.id if job else "", "gnomon.queue": job.origin if job else "",
                 "gnomon.manifest": (job.meta.get("pulled_manifest") if job else "") or ""}
         result = engine.run(task, params, tags=tags)
@@ -88,14 +67,33 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
     return result.to_dict()
 
 
-def _run_workflow(job, engine, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    from ..workflows import apply_overrides, find_workflow, run_workflow
+def job_engine(job, manifest_id: str | None, experiment: str | None, *, needs: str | None = None):
+    """An engine with exactly the plugins the job was submitted against (``GNOMON_WORKER_PLUGINS`` set:
+    the synced manifest ``manifest_id``, pulled into the worker's cache if needed; else the local ones).
 
-    workflow = find_workflow(engine, name)
-    result = run_workflow(engine, workflow, apply_overrides(workflow, overrides))
-    _save(job, run_id=result.run_id, error=None)
-    return {"workflow": result.workflow, "run_id": result.run_id, "status": result.status,
-            "duration_s": round(result.duration_s, 3), "steps": [s.to_dict() for s in result.steps]}
+    Records the pulled manifest and the plugins on the job. Raises :class:`RemoteError` when a plugin
+    is broken and the task ``needs`` is missing because of it.
+    """
+    from .. import settings
+    from ..engine import Engine
+    from ..plugins import load_plugins
+    from .pull import load_synced_plugins, pull
+
+    url = settings.text(ENV_PLUGINS)
+    if url:
+        began = time.perf_counter()
+        report = pull(url, settings.text(ENV_CACHE), version=manifest_id)
+        _save(job, pulled_manifest=report.manifest_id, pull_s=round(time.perf_counter() - began, 4))
+        plugins = load_synced_plugins(report.set_dir)
+    else:
+        plugins = load_plugins()
+    engine = Engine(plugins, experiment=experiment, show_progress=False)
+    engine.registry  # noqa: B018 - registration errors surface now
+    _save(job, plugins={i.name: {"version": i.version, "broken": i.error} for i in plugins.infos.values()})
+    broken = [f"{i.name}: {i.error}" for i in plugins.broken]
+    if broken and needs is not None and needs not in engine.registry.tasks:
+        raise RemoteError(f"broken plugins on this worker: {'; '.join(broken)}")
+    return engine
 
 
 def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
