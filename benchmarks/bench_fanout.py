@@ -121,7 +121,7 @@ class Stack:
         for i in range(count):
             env = self.make_env(self.root / f"{queue}-w{i}", MLFLOW_TRACKING_URI=self.mlflow.url)
             started.append(Worker(self.root / f"{queue}-w{i}", env, self.redis.url, queue, self.url,
-                                  "--name", f"{queue}-w{i}", "--log-level", "WARNING"))
+                                  "--name", f"{queue}-w{i}"))
         for w in started:
             w.wait_ready()
         self.workers += started
