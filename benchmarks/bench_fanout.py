@@ -261,7 +261,7 @@ def main() -> None:
                   f"{cpu['mlflow']:.3f}, redis {cpu['redis']:.4f}, workers {cpu['workers']:.3f}", flush=True)
         base = results[0]
         print("\nsummary")
-        print(f"  per-step overhead (median, ready->finished): "
+        print("  per-step overhead (median, ready->finished): "
               + ", ".join(f"{r['workers']} w {r['overhead_median_s']:.3f} s" for r in results)
               + f"  (target <= 0.2 s); chain submit-to-finish {chain['submit_to_finish_median_s']:.3f} s")
         print(f"  ratio to the in-process reference ({local['per_step_s']:.3f} s/step): "

@@ -47,7 +47,18 @@ params = { n = 4, seed = 3, input_run = "${steps.a.run_id}", sleep_s = 1.5 }
 [steps.d]
 task = "remote_demo"
 params = { n = 2, seed = "${vars.seed}", offset = "${steps.b.outputs.total}", input_run = "${steps.c.run_id}" }
+
+[steps.m]
+task = "remote_demo"
+matrix = { k = [1, 2] }
+params = { n = "${matrix.k}", seed = 5, offset = "${steps.d.outputs.total}" }
+
+[steps.p]
+task = "remote_demo"
+matrix = { k = [1, 2] }
+params = { n = 1, seed = 6, input_run = "${steps.m.run_id}" }
 """
+STEPS = {"a", "b", "c", "d", "m[k=1]", "m[k=2]", "p[k=1]", "p[k=2]"}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +147,7 @@ def test_steps_run_as_separate_jobs_in_parallel_and_pass_data_through_mlflow(sta
     path = _flow(stack, DIAMOND, "diamond")
     submitted = _submit(stack, path, "-P", "seed=4")
     run_id = submitted["run_id"]
-    assert set(submitted["jobs"]) == {"a", "b", "c", "d"} and submitted["manifest"]
+    assert set(submitted["jobs"]) == STEPS and submitted["manifest"]
     info = _status(stack, run_id, wait=True)
     assert info["state"] == "finished", info
     by_step = {s["step"]: s for s in info["steps"]}
@@ -145,7 +156,7 @@ def test_steps_run_as_separate_jobs_in_parallel_and_pass_data_through_mlflow(sta
 
     # b and c ran at the same time, on the two workers
     runs = {name: rs[0] for name, rs in _step_runs(stack, run_id).items()}
-    assert set(runs) == {"a", "b", "c", "d"} and all(len(rs) == 1 for rs in _step_runs(stack, run_id).values())
+    assert set(runs) == STEPS and all(len(rs) == 1 for rs in _step_runs(stack, run_id).values())
     b, c = runs["b"].info, runs["c"].info
     assert b.start_time < c.end_time and c.start_time < b.end_time, "b and c did not overlap"
     assert by_step["b"]["worker"] != by_step["c"]["worker"]
@@ -153,12 +164,12 @@ def test_steps_run_as_separate_jobs_in_parallel_and_pass_data_through_mlflow(sta
     # each run is a child of the parent, which is FINISHED with its report and steps.json
     client = _client(stack)
     parent = client.get_run(run_id)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["steps_ran"] == 4
+    assert parent.info.status == "FINISHED" and parent.data.metrics["steps_ran"] == len(STEPS)
     assert all(r.data.tags["mlflow.parentRunId"] == run_id for r in runs.values())
     artifacts = {a.path for a in client.list_artifacts(run_id, "report")}
     assert "report/report.html" in artifacts
     steps_json = json.loads(Path(client.download_artifacts(run_id, "workflow/steps.json", str(tmp_path))).read_text())
-    assert [s["status"] for s in steps_json["steps"]] == ["ran"] * 4
+    assert [s["status"] for s in steps_json["steps"]] == ["ran"] * len(STEPS)
 
     # the same workflow in one local process (embedded store) gives the same numbers for the same seeds
     local_env = _env(stack["s3"], tmp_path / "local", PYTHONPATH=str(stack["root"] / "site"))
@@ -169,6 +180,10 @@ def test_steps_run_as_separate_jobs_in_parallel_and_pass_data_through_mlflow(sta
     assert remote_totals == local_totals
     # and the values really flowed: b added a's total, c read a's artifact, d both of theirs
     assert runs["c"].data.metrics["inherited"] > 0 and runs["d"].data.metrics["inherited"] > 0
+    # matrix expansions are paired axis by axis across jobs: p[k=2] read the artifact of m[k=2] (2 draws)
+    assert runs["p[k=2]"].data.metrics["inherited"] == sum(
+        json.loads(Path(client.download_artifacts(runs["m[k=2]"].info.run_id, "demo/draws.json",
+                                                  str(tmp_path / "m2"))).read_text())["draws"])
 
 
 def test_a_killed_worker_step_is_retried_alone(stack):

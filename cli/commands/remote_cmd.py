@@ -203,15 +203,16 @@ def submit_workflow_cmd(engine, name: str, overrides: dict, *, queue: str, redis
     """Validate a workflow (file or registered name), then enqueue each of its steps as its own job."""
     from gnomon.core.remote import RemoteError, fanout
     from gnomon.core.remote import jobs as rjobs
-    from gnomon.core.workflows import apply_overrides, find_workflow, validate_workflow
+    from gnomon.core.workflows import apply_overrides, find_workflow
+    from gnomon.core.workflows.validate import plan_workflow
 
     workflow = find_workflow(engine, name)
     variables = apply_overrides(workflow, overrides)
     fanout.shared_tracking_uri(engine)
-    validate_workflow(engine, workflow, variables, preflight=preflight)
+    plan = plan_workflow(engine, workflow, variables, preflight=preflight)
     connection = rjobs.connect(redis)
     submission = fanout.submit_workflow(
-        engine, connection, workflow, variables, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
+        engine, connection, plan, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
         retries=fanout.DEFAULT_STEP_RETRIES if retries is None else retries, timeout=timeout, resume=resume)
     if not wait:
         if as_json:

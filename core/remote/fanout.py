@@ -16,9 +16,9 @@ map (``meta``), the set of finished steps (``:done``) and how the workflow ended
 written once with SET NX: ``finished``, ``failed`` or ``canceled``). The step that completes the
 set enqueues one last job that closes the parent run and builds the report.
 
-The scheduler works on a list of concrete steps (:class:`PlannedStep`: a name, a task, params
-that may hold references, the names of the steps it depends on), so any front end that
-expands a workflow into such a list (matrix steps, sweeps) fans out the same way.
+The scheduler works on a validated :class:`~gnomon.core.workflows.plan.Plan`: concrete steps
+(matrix steps already expanded) with their dependencies and content keys, so anything that
+expands into such a plan fans out the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import RemoteError
@@ -42,34 +42,6 @@ STEP_FINAL = {"finished", "failed", "stopped", "canceled"}
 
 class FanoutError(RemoteError):
     """A fanned-out workflow could not be submitted, found or cancelled."""
-
-
-@dataclass
-class PlannedStep:
-    """One concrete step to run as a job: what the scheduler needs, whatever file format produced it."""
-
-    name: str
-    task: str
-    params: dict[str, Any]
-    depends_on: list[str]
-    report: dict[str, str] = field(default_factory=dict)
-    index: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def plan_steps(workflow) -> list[PlannedStep]:
-    """The workflow's steps as concrete steps with their dependencies, in a valid (file) order."""
-    from ..workflows.refs import step_dependencies
-
-    steps = []
-    for step in workflow.steps:
-        depends = getattr(step, "depends_on", None)
-        steps.append(PlannedStep(name=step.name, task=step.task, params=dict(step.params),
-                                 depends_on=list(depends) if depends is not None else step_dependencies(step.params),
-                                 report=dict(step.report), index=step.index))
-    return steps
 
 
 # -- the Redis record --------------------------------------------------------------------
@@ -135,42 +107,34 @@ def shared_tracking_uri(engine) -> str:
     return uri
 
 
-def submit_workflow(engine, connection, workflow, variables: dict[str, Any], *, queue_name: str,
-                    manifest_id: str | None = None, plugins_url: str | None = None, retries: int = DEFAULT_STEP_RETRIES,
-                    timeout: int | None = None, resume: bool = False, steps: list[PlannedStep] | None = None,
-                    result_ttl: int | None = None) -> Submission:
-    """Create the parent run and enqueue one job per step (the workflow must already be validated).
+def submit_workflow(engine, connection, plan, *, queue_name: str, manifest_id: str | None = None,
+                    plugins_url: str | None = None, retries: int = DEFAULT_STEP_RETRIES, timeout: int | None = None,
+                    resume: bool = False, result_ttl: int | None = None) -> Submission:
+    """Create the parent run and enqueue one job per step of a validated plan.
 
     Args:
         engine: the submitting engine (its experiment receives every run).
         connection: a Redis connection (:func:`gnomon.core.remote.jobs.connect`).
-        workflow: the parsed workflow; ``steps`` overrides its step list (e.g. an expanded sweep).
-        variables: the workflow variables after overrides.
+        plan: :func:`~gnomon.core.workflows.validate.plan_workflow`'s plan (steps in a valid order).
         retries: how many times a step whose worker died is re-run (a step whose task raised is not).
-        resume: a step whose cache key matches a finished run in the experiment reuses that run.
+        resume: a step whose content key matches a finished run in the experiment reuses that run.
     """
-
     from .jobs import RESULT_TTL, queue
 
     shared_tracking_uri(engine)
     ttl = result_ttl or RESULT_TTL
-    planned = steps if steps is not None else plan_steps(workflow)
-    names = {s.name for s in planned}
-    for step in planned:
-        unknown = [d for d in step.depends_on if d not in names]
-        if unknown:
-            raise FanoutError(f"step '{step.name}' depends on unknown step(s) {', '.join(unknown)}")
-    run_id = _create_parent_run(engine, workflow, variables, planned, queue_name, resume)
-    job_ids = {s.name: uuid.uuid4().hex for s in planned}
+    workflow = plan.workflow
+    run_id = _create_parent_run(engine, plan, queue_name, resume)
+    job_ids = {p.name: uuid.uuid4().hex for p in plan.steps}
     record = {"workflow": workflow.name, "queue": queue_name, "experiment": engine.experiment,
-              "manifest": manifest_id, "submitted_at": time.time(), "order": [s.name for s in planned],
+              "manifest": manifest_id, "submitted_at": time.time(), "order": [p.name for p in plan.steps],
               "jobs": job_ids, "retries": retries}
     connection.set(record_key(run_id), json.dumps(record), ex=ttl)
     q = queue(connection, queue_name)
     try:
-        for step in _topological(planned):
-            _enqueue_step(q, step, job_ids, run_id, workflow.name, variables, len(planned), engine.experiment,
-                          manifest_id, plugins_url, resume, timeout, ttl, retries)
+        for planned in plan.steps:  # run order: every dependency's job exists before its dependents'
+            _enqueue_step(q, planned, job_ids, run_id, workflow.name, plan.variables, len(plan.steps),
+                          engine.experiment, manifest_id, plugins_url, resume, timeout, ttl, retries)
     except Exception as exc:
         cancel_workflow(connection, run_id, reason=f"submission failed: {type(exc).__name__}: {exc}",
                         status="FAILED", engine=engine)
@@ -179,20 +143,22 @@ def submit_workflow(engine, connection, workflow, variables: dict[str, Any], *, 
                       jobs=job_ids, manifest=manifest_id)
 
 
-def _enqueue_step(q, step: PlannedStep, job_ids: dict[str, str], run_id: str, workflow: str,
+def _enqueue_step(q, planned, job_ids: dict[str, str], run_id: str, workflow: str,
                   variables: dict[str, Any], total: int, experiment: str, manifest_id: str | None,
                   plugins_url: str | None, resume: bool, timeout: int | None, ttl: int, retries: int):
     from rq import Callback, Retry
 
+    step = planned.step
     meta = {"kind": "step", "task": step.task, "step": step.name, "workflow": workflow, "workflow_run": run_id,
-            "params": step.params, "manifest": manifest_id, "plugins_url": plugins_url, "experiment": experiment,
+            "params": step.params, "key": planned.key, "manifest": manifest_id, "plugins_url": plugins_url, "experiment": experiment,
             "submitted_at": time.time(), "retries": retries}
     return q.enqueue(
         STEP_FUNCTION,
-        kwargs={"parent_run_id": run_id, "step": step.to_dict(), "variables": variables, "total": total,
+        kwargs={"parent_run_id": run_id, "step": {**planned.to_dict(), "index": step.index},
+                "variables": variables, "total": total,
                 "workflow": workflow, "experiment": experiment, "manifest_id": manifest_id, "resume": resume},
         job_id=job_ids[step.name],
-        depends_on=[job_ids[d] for d in step.depends_on] or None,
+        depends_on=[job_ids[d] for d in planned.depends_on] or None,
         job_timeout=timeout if timeout else -1, result_ttl=ttl, failure_ttl=ttl,
         retry=Retry(max=retries) if retries > 0 else None,
         description=f"gnomon step {workflow}/{step.name} ({step.task})",
@@ -202,59 +168,30 @@ def _enqueue_step(q, step: PlannedStep, job_ids: dict[str, str], run_id: str, wo
     )
 
 
-def _topological(steps: list[PlannedStep]) -> list[PlannedStep]:
-    """``steps`` ordered so every step comes after the steps it depends on (a cycle is an error)."""
-    by_name = {s.name: s for s in steps}
-    order: list[PlannedStep] = []
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-
-    def visit(step: PlannedStep, path: list[str]) -> None:
-        if state.get(step.name) == 2:
-            return
-        if state.get(step.name) == 1:
-            raise FanoutError(f"steps depend on each other in a cycle: {' -> '.join(path + [step.name])}")
-        state[step.name] = 1
-        for dep in step.depends_on:
-            visit(by_name[dep], path + [step.name])
-        state[step.name] = 2
-        order.append(step)
-
-    for step in steps:
-        visit(step, [])
-    return order
-
-
-def _create_parent_run(engine, workflow, variables: dict[str, Any], steps: list[PlannedStep], queue_name: str,
-                       resume: bool) -> str:
-    from .. import __version__
-    from ..jsonable import jsonable
-    from ..workflows.runner import PLAN_ARTIFACT, WORKFLOW_TAG, library_versions
-
-    experiment_id = engine.ensure_tracking()
-    client = engine.mlflow_client()
+def _create_parent_run(engine, plan, queue_name: str, resume: bool) -> str:
     from mlflow.entities import Param, RunTag
 
+    from .. import __version__
+    from ..workflows.runner import PLAN_ARTIFACT, WORKFLOW_TAG, _plan, library_versions
+
+    workflow, variables = plan.workflow, plan.variables
+    experiment_id = engine.ensure_tracking()
+    client = engine.mlflow_client()
     tags = {
         WORKFLOW_TAG: workflow.name,
         "gnomon.workflow.source": workflow.source,
         "gnomon.workflow.sha256": workflow.digest,
         "gnomon.workflow.resume": str(resume).lower(),
         "gnomon.workflow.queue": queue_name,
-        "gnomon.workflow.fanout": "true",
         "gnomon.version": __version__,
         "gnomon.versions": json.dumps(library_versions(), sort_keys=True),
     }
     run = client.create_run(experiment_id, run_name=f"workflow:{workflow.name}", tags=tags)
     run_id = run.info.run_id
-    if variables:
-        client.log_batch(run_id, params=[Param(f"var.{k}", str(v)) for k, v in variables.items()],
-                         tags=[RunTag("gnomon.workflow.steps", str(len(steps)))])
+    client.log_batch(run_id, params=[Param(f"var.{k}", str(v)) for k, v in variables.items()],
+                     tags=[RunTag("gnomon.workflow.steps", str(len(plan.steps)))])
     client.log_text(run_id, workflow.text, f"workflow/{workflow.name}.toml")
-    plan = {"name": workflow.name, "description": workflow.description, "source": workflow.source,
-            "variables": {k: jsonable(v) for k, v in variables.items()}, "report": workflow.report,
-            "steps": [{"name": s.name, "task": s.task, "params": s.params, "report": s.report,
-                       "depends_on": s.depends_on} for s in steps]}
-    client.log_dict(run_id, plan, PLAN_ARTIFACT)
+    client.log_dict(run_id, _plan(workflow, variables, plan), PLAN_ARTIFACT)
     return run_id
 
 

@@ -37,7 +37,7 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
     from mlflow.entities import RunTag
 
     from ..errors import GnomonError, TaskFailedError
-    from ..workflows.cache import CACHE_TAG, cache_key, find_cached_run, outputs_from_tags
+    from ..workflows.cache import CACHE_TAG, find_cached_run, outputs_from_tags, tag_name
     from ..workflows.runner import STEP_TAG, WORKFLOW_TAG, StepOutcome, resolve_params
     from ..workflows.spec import Step
 
@@ -55,18 +55,19 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         return _skipped(job, name, parent.info.status.lower())
     ptags = parent.data.tags
     spec = Step(name=name, task=step["task"], params=step["params"], report=step.get("report") or {},
-                index=step.get("index", 0))
-    prior = ptags.get(f"gnomon.step.{name}.run_id")
-    if prior and ptags.get(f"gnomon.step.{name}.status") in {"ran", "cached"}:
+                index=step.get("index", 0), base=step.get("base") or name, matrix=step.get("matrix") or {})
+    key = step["key"]
+    prior = ptags.get(f"gnomon.step.{tag_name(name)}.run_id")
+    if prior and ptags.get(f"gnomon.step.{tag_name(name)}.status") in {"ran", "cached"}:
         # an earlier attempt finished the run, then its worker died before RQ heard of it
         run = client.get_run(prior)
         if run.info.status == "FINISHED":
-            outcome = StepOutcome(name=name, task=spec.task, status="cached", run_id=prior,
+            outcome = StepOutcome(name=name, task=spec.task, status="cached", run_id=prior, cache_key=key,
                                   outputs=outputs_from_tags(run.data.tags), report=dict(spec.report))
             return _finished(job, connection, parent_run_id, outcome, total)
     done: dict[str, StepOutcome] = {}
     for dep in step["depends_on"]:
-        dep_run = ptags.get(f"gnomon.step.{dep}.run_id")
+        dep_run = ptags.get(f"gnomon.step.{tag_name(dep)}.run_id")
         if not dep_run:
             raise FanoutError(f"step '{name}': the step it uses, '{dep}', has no finished run on the parent run "
                               f"{parent_run_id}")
@@ -81,7 +82,6 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         _record(client, parent_run_id, name, None, "failed", RunTag)
         _save(job, error=f"step '{name}': {exc}")
         raise
-    key = cache_key(task.name, values, inputs)
     if resume:
         cached = find_cached_run(client, parent.info.experiment_id, key)
         if cached is not None:
@@ -109,8 +109,10 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
 
 def _record(client, parent_run_id: str, name: str, run_id: str | None, status: str, RunTag) -> None:
     """The step's run and status on the parent run: how later steps (and the report) find it."""
-    client.log_batch(parent_run_id, tags=[RunTag(f"gnomon.step.{name}.run_id", run_id or ""),
-                                          RunTag(f"gnomon.step.{name}.status", status)])
+    from ..workflows.cache import tag_name
+
+    client.log_batch(parent_run_id, tags=[RunTag(f"gnomon.step.{tag_name(name)}.run_id", run_id or ""),
+                                          RunTag(f"gnomon.step.{tag_name(name)}.status", status)])
 
 
 def _skipped(job, name: str, why: str | None) -> dict[str, Any]:
@@ -161,16 +163,19 @@ def finish_workflow(parent_run_id: str, experiment: str | None = None,
         return {"run_id": parent_run_id, "status": ended(connection, parent_run_id)}
     engine = job_engine(job, manifest_id, experiment)
     client = engine.mlflow_client()
+    from ..workflows.cache import tag_name
+
     tags = client.get_run(parent_run_id).data.tags
-    steps = [{"name": n, "status": tags.get(f"gnomon.step.{n}.status", "not run"),
-              "run_id": tags.get(f"gnomon.step.{n}.run_id") or None, "job": record["jobs"][n]}
+    steps = [{"name": n, "status": tags.get(f"gnomon.step.{tag_name(n)}.status", "not run"),
+              "run_id": tags.get(f"gnomon.step.{tag_name(n)}.run_id") or None, "job": record["jobs"][n]}
              for n in record["order"]]
     wall = time.time() - record["submitted_at"]
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[
         Metric("gnomon_wall_time_s", wall, now, 0),
         Metric("steps_ran", sum(s["status"] == "ran" for s in steps), now, 0),
-        Metric("steps_cached", sum(s["status"] == "cached" for s in steps), now, 0)])
+        Metric("steps_cached", sum(s["status"] == "cached" for s in steps), now, 0),
+        Metric("steps_shared", sum(s["status"] == "shared" for s in steps), now, 0)])
     client.log_dict(parent_run_id, {"steps": steps}, "workflow/steps.json")
     client.set_terminated(parent_run_id, status="FINISHED")
     report = None
@@ -204,10 +209,12 @@ def on_step_failure(job, connection, exc_type, exc_value, tb) -> None:
     if not parent_run_id or ended(connection, parent_run_id):
         return
     reason = (job.meta or {}).get("error") or f"{name}: {exc_value}"
+    from ..workflows.cache import tag_name
+
     _try(lambda: cancel_workflow(connection, parent_run_id, reason=f"step '{step}' failed: {reason}"[:5000],
                                  status="FAILED", stop_running=False,
                                  extra_tags={"gnomon.failed_step": step or "",
-                                             f"gnomon.step.{step}.status": "failed"}))
+                                             f"gnomon.step.{tag_name(step or '')}.status": "failed"}))
 
 
 def on_step_stopped(job, connection) -> None:
