@@ -234,15 +234,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="light steps in the fan-out workflow")
     parser.add_argument("--workers", default="1,2,4", help="worker counts to measure")
-    parser.add_argument("--chain", type=int, default=30, help="length of the dependency chain")
+    parser.add_argument("--chain", type=int, default=20, help="length of the dependency chain")
+    parser.add_argument("--reference-steps", type=int, default=40, help="steps of the in-process reference run")
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     root = Path(tempfile.mkdtemp(prefix="gnomon-bench-fanout-"))
     stack = Stack(root)
     try:
-        local = measure_local(stack, args.steps)
-        print(f"reference, in one process (gnomon workflow run, no queue): {args.steps} steps in "
+        local = measure_local(stack, args.reference_steps)
+        print(f"reference, in one process (gnomon workflow run, no queue): {args.reference_steps} steps in "
               f"{local['wall_s']:.1f} s wall, {local['per_step_s']:.3f} s per step, "
               f"{local['mlflow_requests_per_step']:.1f} MLflow requests per step", flush=True)
         chain = measure_chain(stack, args.chain)

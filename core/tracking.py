@@ -48,6 +48,9 @@ def quiet_mlflow() -> None:
     # with a tracking server MLflow writes "View run ... at: URL" to stdout at every run's end,
     # which would corrupt --json output
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's usage telemetry thread rewrites os.environ while requests iterates it, which made
+    # work horses fail at random (KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'); it also phones home
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import warnings
 

@@ -50,10 +50,12 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         return _skipped(job, name, ended(connection, parent_run_id))
     engine = job_engine(job, manifest_id, experiment, needs=step["task"])
     client = engine.mlflow_client()
-    parent = client.get_run(parent_run_id)
-    if parent.info.status != "RUNNING":
-        return _skipped(job, name, parent.info.status.lower())
-    ptags = parent.data.tags
+    ptags: dict[str, str] = {}
+    if step["depends_on"] or attempts > 1:  # a first attempt of a step that uses no other needs no read
+        parent = client.get_run(parent_run_id)
+        if parent.info.status != "RUNNING":
+            return _skipped(job, name, parent.info.status.lower())
+        ptags = parent.data.tags
     spec = Step(name=name, task=step["task"], params=step["params"], report=step.get("report") or {},
                 index=step.get("index", 0), base=step.get("base") or name, matrix=step.get("matrix") or {})
     key = step["key"]
@@ -83,7 +85,7 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         _save(job, error=f"step '{name}': {exc}")
         raise
     if resume:
-        cached = find_cached_run(client, parent.info.experiment_id, key)
+        cached = find_cached_run(client, engine.ensure_tracking(), key)
         if cached is not None:
             outcome = StepOutcome(name=name, task=task.name, status="cached", run_id=cached.info.run_id,
                                   cache_key=key, params=values, outputs=outputs_from_tags(cached.data.tags),
@@ -206,6 +208,9 @@ def on_step_failure(job, connection, exc_type, exc_value, tb) -> None:
             return
     else:
         job.retries_left = 0  # the task raised: running it again would raise again
+        if not job.meta.get("error"):
+            job.meta["error"] = f"{name}: {exc_value}"[:2000]
+            _try(job.save_meta)
     if not parent_run_id or ended(connection, parent_run_id):
         return
     reason = (job.meta or {}).get("error") or f"{name}: {exc_value}"
