@@ -304,14 +304,19 @@ def end_parent_run(run_id: str, status: str, reason: str | None = None, *, engin
 
 
 def wait_workflow(connection, run_id: str, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
-    """Block until the workflow has ended and its parent run is closed; returns :func:`workflow_status`."""
+    """Block until the workflow has ended and its parent run is closed; returns :func:`workflow_status`.
+
+    While it runs only two small keys are polled (the full status reads every step's job)."""
+    load_record(connection, run_id)  # an unknown id fails now
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        info = workflow_status(connection, run_id)
-        if info["state"] in {"finished", "failed", "canceled"} and \
-                not any(s["status"] == "started" for s in info["steps"]):
-            return info
+        end = ended(connection, run_id)
+        if end is not None and (end != "finished" or connection.get(closed_key(run_id)) is not None):
+            info = workflow_status(connection, run_id)
+            if not any(s["status"] == "started" for s in info["steps"]):
+                return info
         if deadline is not None and time.monotonic() > deadline:
+            info = workflow_status(connection, run_id)
             raise FanoutError(f"workflow run '{run_id}' did not end within {timeout:.0f} s (state {info['state']}, "
                               f"steps {info['counts']})")
         time.sleep(poll)
