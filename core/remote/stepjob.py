@@ -79,7 +79,8 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
     inputs = {dep: done[dep].run_id for dep in step["depends_on"]}
     task = engine.task(spec.task)
     try:
-        values = engine.validate(task, resolve_params(spec, variables, done))
+        # a worker is a fresh process: the check runs here (again), and hands what it loaded to the run
+        values = engine.validate(task, resolve_params(spec, variables, done), keep_checks=True)
     except GnomonError as exc:
         _record(client, parent_run_id, name, None, "failed", RunTag)
         _save(job, error=f"step '{name}': {exc}")
