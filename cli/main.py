@@ -85,8 +85,11 @@ def _install_core_commands(app: typer.Typer) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; :class:`GnomonError` becomes a one-line message and its exit code."""
+    from gnomon.core import redact
     from gnomon.core.errors import GnomonError
 
+    redact.install()  # no credential in log lines or uncaught tracebacks
+    redact.wrap_std_streams()  # nor in what libraries print (MLflow's "View run at http://user:pw@...")
     try:
         app = build_app()
     except GnomonError as exc:  # strict plugin mode
@@ -94,10 +97,17 @@ def main(argv: list[str] | None = None) -> None:
 
         error(str(exc))
         sys.exit(exc.exit_code)
+    from gnomon.core.lifecycle import Terminated, die_of, install_signal_handlers
+
+    install_signal_handlers()  # SIGTERM/SIGHUP end the run KILLED instead of leaving it RUNNING
     try:
         app(args=argv, prog_name="gnomon", standalone_mode=True)
     except SystemExit:
         raise
+    except Terminated as exc:
+        sys.stderr.write(f"gnomon: {exc}\n")
+        sys.stderr.flush()
+        die_of(exc.signum)
 
 
 def handle_errors(fn):
@@ -111,11 +121,18 @@ def handle_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except GnomonError as exc:
-            if state.options.get("debug") or debug_enabled():
-                import traceback
+        except Exception as exc:
+            if not isinstance(exc, GnomonError):
+                from gnomon.core.tracking import unreachable_error
 
-                traceback.print_exc()
+                mapped = unreachable_error(exc)
+                if mapped is None:
+                    raise
+                exc = mapped
+            if state.options.get("debug") or debug_enabled():
+                from gnomon.core.redact import format_exception
+
+                sys.stderr.write(format_exception(exc))
             from .output import error
 
             error(str(exc))

@@ -8,19 +8,27 @@ from typing import Any
 
 
 def console(stderr: bool = False):
+    """A rich console on stdout (or stderr) that never prints a credential."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    from gnomon.core.redact import RedactingStream
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=RedactingStream(stream), stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    from gnomon.core.redact import redact
+
+    sys.stdout.write(redact(json.dumps(obj, indent=2, sort_keys=False, default=str)) + "\n")
 
 
 def error(message: str) -> None:
     from rich.markup import escape
 
-    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    from gnomon.core.redact import redact
+
+    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(redact(message))}", soft_wrap=True)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]):

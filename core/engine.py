@@ -11,7 +11,6 @@ Example::
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +150,11 @@ class Engine:
 
         seed = int(values.get("seed", 0) or 0)
         info = self.plugins.infos.get(task.plugin)
+        from .lifecycle import Terminated, process_tags
+        from .redact import format_exception, redact
+
         run_tags = {
+            **process_tags(),
             "gnomon.task": task.name,
             "gnomon.plugin": task.plugin,
             "gnomon.plugin_version": info.version if info else "",
@@ -163,27 +166,27 @@ class Engine:
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or task.name,
                               nested=nested, tags=run_tags) as active:
             run_id = active.info.run_id
-            mlflow.log_params({k: _param_str(v) for k, v in values.items()})
             ctx = RunContext(task=task.name, run_id=run_id, params=values, seed=seed, engine=self,
                              experiment_name=self.experiment, show_progress=self.show_progress)
-            ctx.seed_everything()
             failure: BaseException | None = None
             status = "FINISHED"
-            try:
+            try:  # from here on, every way out ends the run FINISHED, FAILED or KILLED
+                mlflow.log_params({k: _param_str(v) for k, v in values.items()})
+                ctx.seed_everything()
                 self.plugins.call_before_run(ctx)
                 returned = task.fn(ctx, **values)
                 if isinstance(returned, dict):
                     for key, value in returned.items():
                         if key not in ctx.outputs:
                             ctx.output(key, value)
-            except KeyboardInterrupt as exc:
+            except (KeyboardInterrupt, Terminated) as exc:
                 failure, status = exc, "KILLED"
-                mlflow.set_tag("gnomon.error", "interrupted")
+                mlflow.set_tag("gnomon.error", "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc))
             except BaseException as exc:
                 failure, status = exc, "FAILED"
-                mlflow.set_tag("gnomon.error", f"{type(exc).__name__}: {exc}"[:5000])
+                mlflow.set_tag("gnomon.error", redact(f"{type(exc).__name__}: {exc}")[:5000])
                 try:
-                    (ctx.workdir / "error.txt").write_text("".join(traceback.format_exception(exc)))
+                    (ctx.workdir / "error.txt").write_text(format_exception(exc))
                     mlflow.log_artifact(str(ctx.workdir / "error.txt"))
                 except Exception:  # pragma: no cover - never mask the task's error
                     pass
@@ -194,12 +197,12 @@ class Engine:
             result = RunResult(run_id=run_id, task=task.name, status=status, experiment_id=experiment_id,
                                params=values, metrics=dict(run.data.metrics), outputs=dict(ctx.outputs),
                                duration_s=duration,
-                               error=None if failure is None else f"{type(failure).__name__}: {failure}")
+                               error=None if failure is None else redact(f"{type(failure).__name__}: {failure}"))
             hook_errors = self._after_run(ctx, result)
             if failure is not None:
                 mlflow.end_run(status=status)
         ctx.cleanup()
-        if isinstance(failure, KeyboardInterrupt):
+        if isinstance(failure, (KeyboardInterrupt, Terminated)):
             raise failure
         if failure is not None:
             raise TaskFailedError(task.name, run_id, failure) from failure

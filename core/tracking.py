@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+from .errors import GnomonError
+
 DEFAULT_EXPERIMENT = "gnomon"
 
 
@@ -40,9 +42,68 @@ def experiment_name(explicit: str | None = None) -> str:
     return explicit or settings.text("GNOMON_EXPERIMENT") or DEFAULT_EXPERIMENT
 
 
+#: MLflow's HTTP retry settings gnomon uses unless the user set them: an unreachable tracking
+#: server fails in about 10 s instead of MLflow's default of about 4 minutes of retries.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+#: Seconds to wait for a TCP connection to a tracking server before giving up.
+CONNECT_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailableError(GnomonError):
+    """The tracking server cannot be reached (one line, credentials masked)."""
+
+
+def describe_uri(uri: str) -> str:
+    """``uri`` for people: credentials masked."""
+    from .redact import redact
+
+    return redact(uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, with one line, if the HTTP(S) tracking server ``uri`` does not accept connections."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise TrackingUnavailableError(f"cannot reach the tracking server {describe_uri(uri)}: {reason} "
+                                       "(MLFLOW_TRACKING_URI)") from None
+
+
+def unreachable_error(exc: BaseException) -> GnomonError | None:
+    """A one-line :class:`TrackingUnavailableError` if ``exc`` comes from an unreachable tracking server."""
+    seen, current = 0, exc
+    while current is not None and seen < 12:
+        name = type(current).__name__
+        text = str(current)
+        if name in {"ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeoutError",
+                    "ConnectTimeout", "ReadTimeout"} or "Max retries exceeded" in text:
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or ""
+            where = f" {describe_uri(uri)}" if uri else ""
+            error = TrackingUnavailableError(f"cannot reach the tracking server{where}: {name}")
+            error.__cause__ = exc
+            return error
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
 def quiet_mlflow() -> None:
-    """Silence MLflow's and alembic's start-up chatter (migrations, URI notes)."""
-    for name in ("alembic", "mlflow", "mlflow.store", "mlflow.tracking", "mlflow.models", "mlflow.utils"):
+    """Silence MLflow's and alembic's start-up chatter (migrations, URI notes); bound its HTTP retries."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # urllib3's "Retrying (...)" warnings: the outcome is reported in one line (unreachable_error)
+    for name in ("alembic", "mlflow", "mlflow.store", "mlflow.tracking", "mlflow.models", "mlflow.utils",
+                 "urllib3.connectionpool"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # with a tracking server MLflow writes "View run ... at: URL" to stdout at every run's end,
@@ -57,12 +118,17 @@ def quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", module="mlflow")
 
 
-def setup_tracking(uri: str | None = None) -> str:
-    """Point MLflow at ``uri`` (or the default) and return it. Imports mlflow."""
+def setup_tracking(uri: str | None = None, *, reap: bool = True) -> str:
+    """Point MLflow at ``uri`` (or the default) and return it. Imports mlflow.
+
+    The first time per process and store (with ``reap``), runs left RUNNING by dead gnomon
+    processes of this host are marked FAILED (:func:`reap_orphans`).
+    """
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     quiet_mlflow()
+    check_reachable(uri)
     import mlflow
 
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; restore the caller's environment so
@@ -73,29 +139,71 @@ def setup_tracking(uri: str | None = None) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+    from .embedded_store import prepare
+
+    prepare(uri)  # SQLite: create/migrate under an inter-process lock
+    if reap and uri not in _reaped:
+        _reaped.add(uri)
+        reap_orphans(uri)
     return uri
 
 
-def ensure_experiment(name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if needed (artifacts under GNOMON_HOME when embedded)."""
+_reaped: set[str] = set()  # stores already searched for orphaned runs by this process
+
+
+def reap_orphans(uri: str) -> list[str]:
+    """Mark FAILED the runs left RUNNING by dead gnomon processes of this host (never raises)."""
     import mlflow
+
+    from .lifecycle import reap_orphans as reap
+
+    try:
+        reaped = reap(mlflow.MlflowClient(tracking_uri=uri))
+    except Exception as exc:  # a best-effort sweep must never stop a run, but an unreachable server does
+        mapped = unreachable_error(exc)
+        if mapped is not None:
+            raise mapped from None
+        logging.getLogger("gnomon.tracking").debug("orphan sweep failed: %s", exc)
+        return []
+    if reaped:
+        logging.getLogger("gnomon.tracking").warning(
+            "gnomon: marked %d run(s) FAILED whose process died: %s", len(reaped), ", ".join(reaped))
+    return reaped
+
+
+def ensure_experiment(name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if needed (artifacts under GNOMON_HOME when embedded).
+
+    On an SQLite store the creation happens under the store's inter-process lock, so processes
+    starting together agree on one experiment.
+    """
+    import contextlib
+
+    import mlflow
+
+    from .embedded_store import sqlite_path, store_lock
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
+    if experiment is not None and experiment.lifecycle_stage != "deleted":
         return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:"):
-        import re
-
-        folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
-        artifact_location = (gnomon_home() / "artifacts" / folder).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another process
+    db = sqlite_path(uri)
+    with store_lock(db) if db is not None else contextlib.nullcontext():
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        artifact_location = None
+        if uri.startswith("sqlite:"):
+            import re
+
+            folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+            artifact_location = (gnomon_home() / "artifacts" / folder).resolve().as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # created concurrently by another process (a tracking server has no lock)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: module-level state that is not a cache of gnomon data, with the reason
 ALLOWED_GLOBALS = {
     ("core/remote/s3.py", "_LOADER"): "botocore's parsed service models, shared by the S3 clients of a process",
+    ("core/embedded_store.py", "_prepared"): "SQLite stores created/migrated by this process: mirrors MLflow's "
+                                              "process-wide store cache, which holds the prepared stores",
+    ("core/tracking.py", "_reaped"): "stores this process already swept for orphaned runs (once per process)",
 }
 
 

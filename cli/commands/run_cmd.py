@@ -22,6 +22,7 @@ def run(
 ) -> None:
     """Run TASK with parameters given as -P name=value (validated before anything starts)."""
     from gnomon.core.params import parse_cli_params
+    from gnomon.core.tracking import describe_uri
 
     params = parse_cli_params(param or [])  # a malformed -P fails before anything is opened
     engine = state.engine(experiment)
@@ -35,7 +36,7 @@ def run(
     out.print(table(f"{result.task}: run {result.run_id} {result.status}", ["metric", "value"], rows))
     for key, value in result.outputs.items():
         out.print(f"[dim]{key}:[/dim] {value}")
-    out.print(f"[dim]tracking:[/dim] {engine.tracking_uri}  [dim]experiment:[/dim] {engine.experiment}")
+    out.print(f"[dim]tracking:[/dim] {describe_uri(engine.tracking_uri)}  [dim]experiment:[/dim] {engine.experiment}")
 
 
 def install(app: typer.Typer) -> None:

@@ -160,6 +160,7 @@ def run_cmd(
         # step lines; an explicit TF_CPP_MIN_LOG_LEVEL or --debug keeps it.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gnomon.core.params import parse_cli_params
+    from gnomon.core.tracking import describe_uri
     from gnomon.core.workflows import apply_overrides, find_workflow, run_workflow
 
     engine = state.engine(experiment)
@@ -186,7 +187,7 @@ def run_cmd(
     out.print(f"workflow [bold]{result.workflow}[/bold] finished in {result.duration_s:.0f} s "
               f"({ran} steps ran, {len(result.steps) - ran} cached); parent run {result.run_id}")
     _print_report(out, result.report)
-    out.print(f"[dim]tracking:[/dim] {engine.tracking_uri}  [dim]experiment:[/dim] {engine.experiment}")
+    out.print(f"[dim]tracking:[/dim] {describe_uri(engine.tracking_uri)}  [dim]experiment:[/dim] {engine.experiment}")
 
 
 def _run_sweep(engine, workflow, variables, matrix, *, resume, make_report, report_dir, as_json) -> None:

@@ -8,10 +8,10 @@ run id, error).
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
+from ..redact import redact  # noqa: F401 - re-exported for callers of jobs.redact
 from . import RemoteError
 
 DEFAULT_QUEUE = "gnomon"
@@ -26,11 +26,6 @@ def redis_url(explicit: str | None = None) -> str:
     from .. import settings
 
     return explicit or settings.text("GNOMON_REDIS_URL") or DEFAULT_REDIS
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and logs)."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 def connect(url: str | None = None):

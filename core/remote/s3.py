@@ -111,7 +111,9 @@ def describe_error(exc: BaseException, action: str, where: str, endpoint: str | 
         PartialCredentialsError,
     )
 
-    at = f" at {endpoint}" if endpoint else ""
+    from ..redact import redact
+
+    at = f" at {redact(endpoint)}" if endpoint else ""
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return (f"cannot {action} {where}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY or AWS_PROFILE (see docs/deployment.md)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..redact import redact
 from .fanout import (
     FINISH_FUNCTION,
     FanoutError,
@@ -83,7 +84,7 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         values = engine.validate(task, resolve_params(spec, variables, done), keep_checks=True)
     except GnomonError as exc:
         _record(client, parent_run_id, name, None, "failed", RunTag)
-        _save(job, error=f"step '{name}': {exc}")
+        _save(job, error=redact(f"step '{name}': {exc}"))
         raise
     if resume:
         cached = find_cached_run(client, engine.ensure_tracking(), key)
@@ -101,7 +102,7 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         result = engine.run(task, values, validated=True, run_name=name, tags=tags)
     except TaskFailedError as exc:
         _record(client, parent_run_id, name, exc.run_id, "failed", RunTag)
-        _save(job, run_id=exc.run_id, error=str(exc))
+        _save(job, run_id=exc.run_id, error=redact(exc))
         raise
     _record(client, parent_run_id, name, result.run_id, "ran", RunTag)
     outcome = StepOutcome(name=name, task=task.name, status="ran", run_id=result.run_id, cache_key=key,
@@ -187,7 +188,7 @@ def finish_workflow(parent_run_id: str, experiment: str | None = None,
 
         report = build_report(engine, parent_run_id, log=True)
     except Exception as exc:  # the steps are done; a report problem must not lose them
-        _save(job, error=f"report not built: {type(exc).__name__}: {exc}")
+        _save(job, error=redact(f"report not built: {type(exc).__name__}: {exc}"))
     connection.set(closed_key(parent_run_id), "1", ex=RESULT_TTL)
     _save(job, run_id=parent_run_id)
     return {"run_id": parent_run_id, "status": "FINISHED", "wall_time_s": round(wall, 3),

@@ -48,6 +48,7 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
     (Workflow steps are jobs of their own: :mod:`.stepjob`.)
     """
     from ..errors import GnomonError, TaskFailedError
+    from ..redact import redact
 
     job = _current_job()
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
@@ -58,10 +59,10 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
                 "gnomon.manifest": (job.meta.get("pulled_manifest") if job else "") or ""}
         result = engine.run(task, params, tags=tags)
     except TaskFailedError as exc:
-        _save(job, run_id=exc.run_id, error=str(exc))
+        _save(job, run_id=exc.run_id, error=redact(exc))
         raise
     except GnomonError as exc:
-        _save(job, error=str(exc))
+        _save(job, error=redact(exc))
         raise
     _save(job, run_id=result.run_id, error=None)
     return result.to_dict()
@@ -117,15 +118,13 @@ def on_job_stopped(job, connection) -> None:
 
 def mark_runs_failed(job_id: str, reason: str, status: str = "FAILED") -> list[str]:
     """Mark RUNNING MLflow runs tagged with ``gnomon.job_id=job_id`` as ``status``; returns their ids."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        return []
-    try:
-        from ..tracking import quiet_mlflow
+    try:  # the worker's store: MLFLOW_TRACKING_URI, else the embedded store of its GNOMON_HOME
+        from ..tracking import default_tracking_uri, setup_tracking
 
-        quiet_mlflow()
+        uri = setup_tracking(default_tracking_uri(), reap=False)  # mark by job id first, with the reason
         import mlflow
 
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(tracking_uri=uri)
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(experiments, filter_string=f"tags.`gnomon.job_id` = '{job_id}' and "
                                                              "attributes.status = 'RUNNING'")
@@ -146,6 +145,20 @@ def worker_class():
 
         def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
             return int(self.job_monitoring_interval + self.abandoned_after)
+
+        def bootstrap(self, *args, **kwargs):
+            super().bootstrap(*args, **kwargs)
+            from ..redact import install
+
+            install("rq.worker", "rq.job")  # RQ's own handlers, set up just now, mask credentials too
+
+        def handle_job_failure(self, job, queue, *args, **kwargs):
+            # RQ runs no failure callback when the work horse itself dies (SIGTERM, SIGKILL, out of memory)
+            exc_string = kwargs.get("exc_string") or (args[1] if len(args) > 1 else "")
+            result = super().handle_job_failure(job, queue, *args, **kwargs)
+            if "terminated unexpectedly" in (exc_string or ""):
+                mark_runs_failed(job.id, f"the work horse died: {exc_string.strip()}")
+            return result
 
     return GnomonWorker
 
@@ -179,7 +192,7 @@ def start_worker(
         from .pull import pull
 
         report = pull(plugins_url, cache or None)
-        echo(f"plugins: {plugins_url} manifest {report.manifest_id} "
+        echo(f"plugins: {redact(plugins_url)} manifest {report.manifest_id} "
              f"({len(report.fetched)} fetched, {len(report.reused)} cached)")
     else:
         echo("plugins: none given (--plugins); jobs use the plugins installed in this environment")
@@ -208,7 +221,7 @@ def start_worker(
                  name=name, job_monitoring_interval=heartbeat, maintenance_interval=maintenance_interval,
                  worker_ttl=maintenance_interval + 15)  # an idle worker wakes up for maintenance
     echo(f"worker {worker.name}: redis {redact(url)}, queues {', '.join(queues)}, "
-         f"tracking {os.environ.get('MLFLOW_TRACKING_URI') or 'embedded store'}")
+         f"tracking {redact(os.environ.get('MLFLOW_TRACKING_URI') or '') or 'embedded store'}")
     try:
         worker.work(burst=burst, logging_level=log_level, with_scheduler=True)
     except Exception as exc:  # redis vanished and similar

@@ -157,7 +157,11 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
     say = _Printer(engine.show_progress)
     client = engine.mlflow_client()
     versions = library_versions()
+    from ..lifecycle import Terminated, process_tags
+    from ..redact import redact
+
     tags = {
+        **process_tags(),
         WORKFLOW_TAG: workflow.name,
         "gnomon.workflow.source": workflow.source,
         "gnomon.workflow.sha256": workflow.digest,
@@ -189,15 +193,15 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
                                  f"gnomon.step.{tag_name(planned.name)}.status": outcome.status})
                 if on_step is not None:
                     on_step(outcome)
-        except KeyboardInterrupt:
-            mlflow.set_tag("gnomon.error", "interrupted")
+        except (KeyboardInterrupt, Terminated) as exc:
+            mlflow.set_tag("gnomon.error", "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc))
             mlflow.log_dict({"steps": [o.to_dict() for o in outcomes]}, STEPS_ARTIFACT)
             mlflow.end_run(status="KILLED")
             raise
         except WorkflowStepError as exc:
             failed = StepOutcome(name=exc.step.name, task=exc.step.task, status="failed", run_id=exc.child_run_id,
                                  report=dict(exc.step.report))
-            mlflow.set_tags({"gnomon.error": str(exc)[:5000], "gnomon.failed_step": exc.step.name,
+            mlflow.set_tags({"gnomon.error": redact(exc)[:5000], "gnomon.failed_step": exc.step.name,
                              f"gnomon.step.{tag_name(exc.step.name)}.run_id": exc.child_run_id or "",
                              f"gnomon.step.{tag_name(exc.step.name)}.status": "failed"})
             mlflow.log_dict({"steps": [o.to_dict() for o in outcomes + [failed]]}, STEPS_ARTIFACT)
