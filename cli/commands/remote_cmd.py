@@ -199,27 +199,44 @@ def submit_engine(plugins: str | None, plugins_version: str | None, cache: str |
 
 def submit_workflow_cmd(engine, name: str, overrides: dict, *, queue: str, redis: str | None, manifest_id: str | None,
                         plugins: str | None, retries: int | None, timeout: int | None, wait: bool,
-                        wait_timeout: float | None, as_json: bool, preflight: bool = True, resume: bool = False) -> None:
-    """Validate a workflow (file or registered name), then enqueue each of its steps as its own job."""
+                        wait_timeout: float | None, as_json: bool, preflight: bool = True, resume: bool = False,
+                        sweep: list[str] | None = None) -> None:
+    """Validate a workflow (file or registered name), then enqueue each of its steps as its own job.
+
+    A sweep (``--sweep`` or the file's ``[sweep]`` table) is validated combination by combination and
+    enqueued as one job per distinct step (content key) across all combinations."""
     from gnomon.core.remote import RemoteError, fanout
     from gnomon.core.remote import jobs as rjobs
     from gnomon.core.workflows import apply_overrides, find_workflow
+    from gnomon.core.workflows.sweep import parse_sweep, plan_sweep
     from gnomon.core.workflows.validate import plan_workflow
 
     workflow = find_workflow(engine, name)
     variables = apply_overrides(workflow, overrides)
+    matrix = parse_sweep(workflow, sweep, overrides)
     fanout.shared_tracking_uri(engine)
-    plan = plan_workflow(engine, workflow, variables, preflight=preflight)
-    connection = rjobs.connect(redis)
-    submission = fanout.submit_workflow(
-        engine, connection, plan, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
-        retries=fanout.DEFAULT_STEP_RETRIES if retries is None else retries, timeout=timeout, resume=resume)
+    retries = fanout.DEFAULT_STEP_RETRIES if retries is None else retries
+    if matrix is not None:
+        from gnomon.core.remote.sweepfanout import submit_sweep
+
+        sweep_plan = plan_sweep(engine, workflow, variables, matrix, preflight=preflight)
+        connection = rjobs.connect(redis)
+        submission = submit_sweep(engine, connection, sweep_plan, queue_name=queue, manifest_id=manifest_id,
+                                  plugins_url=plugins, retries=retries, timeout=timeout, resume=resume)
+        what = (f"sweep {workflow.name}: {len(sweep_plan.combinations)} combinations, {sweep_plan.total_steps} steps "
+                f"of which {len(submission.jobs)} distinct, queued on '{queue}' as separate jobs; sweep run")
+    else:
+        plan = plan_workflow(engine, workflow, variables, preflight=preflight)
+        connection = rjobs.connect(redis)
+        submission = fanout.submit_workflow(
+            engine, connection, plan, queue_name=queue, manifest_id=manifest_id, plugins_url=plugins,
+            retries=retries, timeout=timeout, resume=resume)
+        what = f"workflow {workflow.name}: {len(submission.jobs)} steps queued on '{queue}' as separate jobs; parent run"
     if not wait:
         if as_json:
-            print_json(submission.to_dict())
+            print_json({**submission.to_dict(), "sweep": matrix is not None})
         else:
-            console().print(f"workflow {workflow.name}: {len(submission.jobs)} steps queued on '{queue}' as separate "
-                            f"jobs; parent run {submission.run_id}"
+            console().print(f"{what} {submission.run_id}"
                             + (f", plugins manifest {manifest_id}" if manifest_id else ""))
             console().print(f"follow it with: gnomon workflow status {submission.run_id}")
         return

@@ -136,11 +136,6 @@ def run_cmd(
     import os
 
     if queue:
-        if sweep:
-            from gnomon.core.errors import GnomonError
-
-            raise GnomonError("--sweep runs here, not with --queue (yet): drop --queue, or submit one "
-                              "workflow run per combination")
         if report_dir or no_report:
             from gnomon.core.errors import GnomonError
 
@@ -151,7 +146,7 @@ def run_cmd(
         from .remote_cmd import submit_engine, submit_workflow_cmd
 
         engine, manifest_id = submit_engine(plugins, None, None, endpoint_url, experiment)
-        return submit_workflow_cmd(engine, name, parse_cli_params(param or []), queue=queue, redis=redis,
+        return submit_workflow_cmd(engine, name, parse_cli_params(param or []), queue=queue, redis=redis, sweep=sweep,
                                    manifest_id=manifest_id, plugins=plugins, retries=retries, timeout=None,
                                    wait=wait, wait_timeout=None, as_json=as_json, resume=resume)
 

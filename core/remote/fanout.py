@@ -168,7 +168,8 @@ def _enqueue_step(q, planned, job_ids: dict[str, str], run_id: str, workflow: st
     )
 
 
-def _create_parent_run(engine, plan, queue_name: str, resume: bool) -> str:
+def _create_parent_run(engine, plan, queue_name: str, resume: bool, *, extra_tags: dict[str, str] | None = None,
+                       run_name: str | None = None) -> str:
     from mlflow.entities import Param, RunTag
 
     from .. import __version__
@@ -185,8 +186,9 @@ def _create_parent_run(engine, plan, queue_name: str, resume: bool) -> str:
         "gnomon.workflow.queue": queue_name,
         "gnomon.version": __version__,
         "gnomon.versions": json.dumps(library_versions(), sort_keys=True),
+        **(extra_tags or {}),
     }
-    run = client.create_run(experiment_id, run_name=f"workflow:{workflow.name}", tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name or f"workflow:{workflow.name}", tags=tags)
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(f"var.{k}", str(v)) for k, v in variables.items()],
                      tags=[RunTag("gnomon.workflow.steps", str(len(plan.steps)))])
@@ -276,6 +278,8 @@ def cancel_workflow(connection, run_id: str, *, reason: str = "cancelled with 'g
             job.cancel()
             done[name] = "canceled"
     connection.set(closed_key(run_id), "1", ex=RESULT_TTL)
+    for child in record.get("combinations", []):  # a sweep: its combinations' workflow runs end with it
+        end_parent_run(child["run_id"], status, reason, engine=engine)
     end_parent_run(run_id, status, reason, engine=engine, extra_tags=extra_tags)
     return done
 

@@ -33,8 +33,13 @@ from .worker import _current_job, _save, job_engine, mark_runs_failed
 
 
 def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any], total: int, workflow: str,
-             experiment: str | None = None, manifest_id: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run one step (called by RQ in the work horse); returns its outcome as a dict."""
+             experiment: str | None = None, manifest_id: str | None = None, resume: bool = False,
+             sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one step (called by RQ in the work horse); returns its outcome as a dict.
+
+    ``sweep`` (a sweep's key job, :mod:`.sweepfanout`): ``run_id`` of the sweep, ``member`` (this job's
+    name in its record) and ``consumers`` (``[{run, name}]``: every combination's workflow run using
+    this step, the first being ``parent_run_id``); the run is recorded on all of them."""
     from mlflow.entities import RunTag
 
     from ..errors import GnomonError, TaskFailedError
@@ -47,8 +52,11 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
     name = step["name"]
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
     _save(job, function_started_at=time.time(), attempts=attempts, worker=job.worker_name if job else None)
-    if connection is not None and ended(connection, parent_run_id):
-        return _skipped(job, name, ended(connection, parent_run_id))
+    control = sweep["run_id"] if sweep else parent_run_id  # the Redis record and the run that ends on failure
+    consumers = sweep["consumers"] if sweep else [{"run": parent_run_id, "name": name}]
+    member = sweep["member"] if sweep else name
+    if connection is not None and ended(connection, control):
+        return _skipped(job, name, ended(connection, control))
     engine = job_engine(job, manifest_id, experiment, needs=step["task"])
     client = engine.mlflow_client()
     ptags: dict[str, str] = {}
@@ -67,7 +75,9 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         if run.info.status == "FINISHED":
             outcome = StepOutcome(name=name, task=spec.task, status="cached", run_id=prior, cache_key=key,
                                   outputs=outputs_from_tags(run.data.tags), report=dict(spec.report))
-            return _finished(job, connection, parent_run_id, outcome, total)
+            if sweep:  # the earlier attempt may have died between recording on one combination and the next
+                _record_all(client, consumers, prior, ptags.get(f"gnomon.step.{tag_name(name)}.status"), RunTag)
+            return _finished(job, connection, control, outcome, total, member, sweep is not None)
     done: dict[str, StepOutcome] = {}
     for dep in step["depends_on"]:
         dep_run = ptags.get(f"gnomon.step.{tag_name(dep)}.run_id")
@@ -92,8 +102,8 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
             outcome = StepOutcome(name=name, task=task.name, status="cached", run_id=cached.info.run_id,
                                   cache_key=key, params=values, outputs=outputs_from_tags(cached.data.tags),
                                   metrics=dict(cached.data.metrics), inputs=inputs, report=dict(spec.report))
-            _record(client, parent_run_id, name, outcome.run_id, "cached", RunTag)
-            return _finished(job, connection, parent_run_id, outcome, total)
+            _record_all(client, consumers, outcome.run_id, "cached", RunTag)
+            return _finished(job, connection, control, outcome, total, member, sweep is not None)
     tags = {STEP_TAG: name, WORKFLOW_TAG: workflow, CACHE_TAG: key, "mlflow.parentRunId": parent_run_id,
             "gnomon.workflow.run_id": parent_run_id, "gnomon.job_id": job.id if job else "",
             "gnomon.queue": job.origin if job else "",
@@ -104,11 +114,18 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         _record(client, parent_run_id, name, exc.run_id, "failed", RunTag)
         _save(job, run_id=exc.run_id, error=redact(exc))
         raise
-    _record(client, parent_run_id, name, result.run_id, "ran", RunTag)
+    _record_all(client, consumers, result.run_id, "ran", RunTag)
     outcome = StepOutcome(name=name, task=task.name, status="ran", run_id=result.run_id, cache_key=key,
                           params=values, outputs=dict(result.outputs), metrics=dict(result.metrics), inputs=inputs,
                           duration_s=result.duration_s, report=dict(spec.report))
-    return _finished(job, connection, parent_run_id, outcome, total)
+    return _finished(job, connection, control, outcome, total, member, sweep is not None)
+
+
+def _record_all(client, consumers: list[dict[str, str]], run_id: str | None, status: str, RunTag) -> None:
+    """Record the step's run on every workflow run that uses it: ``status`` on the first, ``shared`` on the others
+    (as a local sweep records a step run for an earlier combination)."""
+    for i, consumer in enumerate(consumers):
+        _record(client, consumer["run"], consumer["name"], run_id, status if i == 0 else "shared", RunTag)
 
 
 def _record(client, parent_run_id: str, name: str, run_id: str | None, status: str, RunTag) -> None:
@@ -124,25 +141,35 @@ def _skipped(job, name: str, why: str | None) -> dict[str, Any]:
     return {"name": name, "status": "skipped", "reason": f"the workflow has ended ({why})"}
 
 
-def _finished(job, connection, parent_run_id: str, outcome, total: int) -> dict[str, Any]:
-    """Record the outcome; the step that completes the workflow enqueues the job that closes it."""
+def _finished(job, connection, parent_run_id: str, outcome, total: int, member: str | None = None,
+              sweep: bool = False) -> dict[str, Any]:
+    """Record the outcome; the step that completes the workflow (or sweep) enqueues the job that closes it."""
     _save(job, run_id=outcome.run_id, outcome=outcome.status, error=None)
     if connection is not None:
         with connection.pipeline() as pipe:
-            pipe.sadd(done_key(parent_run_id), outcome.name)
+            pipe.sadd(done_key(parent_run_id), member or outcome.name)
             pipe.expire(done_key(parent_run_id), 7 * 24 * 3600)
             pipe.scard(done_key(parent_run_id))
             count = pipe.execute()[-1]
         if count >= total and connection.set(done_key(parent_run_id) + ":finisher", "1", nx=True,
                                              ex=7 * 24 * 3600):
-            _enqueue_finisher(job, parent_run_id)
+            _enqueue_finisher(job, parent_run_id, sweep)
     return outcome.to_dict()
 
 
-def _enqueue_finisher(job, parent_run_id: str) -> None:
+def _enqueue_finisher(job, parent_run_id: str, sweep: bool = False) -> None:
     from .jobs import RESULT_TTL, queue
 
     q = queue(job.connection, job.origin)
+    if sweep:
+        q.enqueue("gnomon.core.remote.sweepfanout.finish_sweep",
+                  kwargs={"sweep_run_id": parent_run_id, "experiment": job.meta.get("experiment"),
+                          "manifest_id": job.meta.get("manifest")},
+                  job_timeout=-1, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, at_front=True,
+                  description=f"gnomon finish sweep {job.meta.get('workflow')} ({parent_run_id})",
+                  meta={"kind": "finish", "task": job.meta.get("workflow"), "workflow_run": parent_run_id,
+                        "experiment": job.meta.get("experiment")})
+        return
     q.enqueue(FINISH_FUNCTION, kwargs={"parent_run_id": parent_run_id,
                                        "experiment": job.meta.get("experiment"),
                                        "manifest_id": job.meta.get("manifest")},
