@@ -24,6 +24,10 @@ def test_grid_validates_and_pairs_every_defense_with_its_triggers_model_and_data
         assert f"train[trigger={trigger}]" in deps
         if step.matrix["data"] == "triggered":
             assert f"poison[trigger={trigger},split=test]" in deps
+    for step in workflow.expansions("detect"):
+        trigger = step.matrix["trigger"]
+        assert set(step_dependencies(step.params)) == {f"train[trigger={trigger}]", f"poison[trigger={trigger},split=train]"}
+    assert {s.task for s in workflow.expansions("detect")} == {"activation_clustering", "spectral_signatures"}
     for trigger in TRIGGERS:
         train = workflow.step(f"train[trigger={trigger}]")
         assert step_dependencies(train.params) == [f"poison[trigger={trigger},split=train]"]
