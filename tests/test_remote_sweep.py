@@ -109,3 +109,37 @@ def test_sweep_runs_each_distinct_step_once_on_workers_and_matches_the_local_lea
     assert remote_board["rows"] == local_board["rows"]
     cell = remote_board["rows"][0]["cells"]["none"]
     assert cell["CA"]["n"] == 2 and cell["ASR"]["mean"] > 0  # two seeds, probe read base's artifact
+
+
+FAILING = """
+[vars]
+seed = 0
+boom = false
+
+[steps.base]
+task = "remote_demo"
+params = { n = 2, seed = "${vars.seed}" }
+
+[steps.last]
+task = "remote_demo"
+params = { n = 2, seed = 3, fail = "${vars.boom}", offset = "${steps.base.outputs.total}" }
+"""
+
+
+def test_a_failed_step_ends_the_sweep_and_every_combination_failed(stack):
+    path = _flow(stack, FAILING, "failing_sweep")
+    experiment = f"sweepfail-{uuid.uuid4().hex[:6]}"
+    out = _cli(["workflow", "run", str(path), "--sweep", "boom=false,true", "--queue", stack["queue"],
+                "-e", experiment, "--json"], stack["env"])
+    assert out.returncode == 0, out.stderr + out.stdout
+    sweep_id = json.loads(out.stdout)["run_id"]
+    assert len(json.loads(out.stdout)["jobs"]) == 3  # base is shared by both combinations
+    status = _cli(["workflow", "status", sweep_id, "--wait", "--json"], stack["env"])
+    info = json.loads(status.stdout)
+    assert info["state"] == "failed", info
+    client = _client(stack)
+    sweep_run = client.get_run(sweep_id)
+    assert sweep_run.info.status == "FAILED" and "fail" in sweep_run.data.tags["gnomon.error"]
+    combos = client.search_runs([sweep_run.info.experiment_id],
+                                filter_string=f"tags.`gnomon.sweep.parent` = '{sweep_id}'")
+    assert len(combos) == 2 and {c.info.status for c in combos} == {"FAILED"}
