@@ -33,7 +33,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     if as_json:
         print_json([{"name": s.name, "summary": s.summary, "plugin": s.plugin} for s in specs])
         return
-    console().print(table(None, ["model", "plugin", "summary"], [[s.name, s.plugin, s.summary] for s in specs]))
+    console().print(table(None, ["model", "plugin", "summary"], [[s.name, s.plugin, s.summary] for s in specs],
+                          wrap=["summary"]))
 
 
 @models_app.command("show")

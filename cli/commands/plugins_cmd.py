@@ -35,7 +35,8 @@ def list_plugins(
         status = "[red]broken[/red]" if e["broken"] else "ok"
         rows.append([e["name"], e["version"], e["source"], status, ", ".join(e["hooks"]), provides])
     out = console()
-    out.print(table("plugins", ["name", "version", "source", "status", "hooks", "provides"], rows))
+    out.print(table("plugins", ["name", "version", "source", "status", "hooks", "provides"], rows,
+                    wrap=["hooks", "provides"]))
     for e in entries:
         if e["broken"]:
             out.print(f"[red]{e['name']}[/red]: {e['error']}" + (f"\n  hint: {e['hint']}" if e["hint"] else ""))
@@ -44,7 +45,8 @@ def list_plugins(
         if e.get("shadows"):
             out.print(f"[dim]{e['name']} replaces {e['shadows']}[/dim]")
     if show_all and skipped:
-        out.print(table("not loaded", ["name", "source", "reason"], [[s["name"], s["source"], s["reason"]] for s in skipped]))
+        out.print(table("not loaded", ["name", "source", "reason"], [[s["name"], s["source"], s["reason"]] for s in skipped],
+                        wrap=["reason"]))
 
 
 def install(app: typer.Typer) -> None:

@@ -271,7 +271,7 @@ def _print_job(info: dict, as_json: bool) -> None:
         rows.append(["plugins", ", ".join(f"{n} {p['version']}" + (" (broken)" if p["broken"] else "")
                                           for n, p in sorted(info["plugins"].items()))])
     rows.insert(2, ["params", " ".join(f"{k}={v}" for k, v in (info.get("params") or {}).items())])
-    out.print(table(f"job {info['id']}", ["field", "value"], rows))
+    out.print(table(f"job {info['id']}", ["field", "value"], rows, wrap=["value"]))
     result = info.get("result") or {}
     if result.get("metrics"):
         out.print(table("metrics", ["metric", "value"], [[k, f"{v:.6g}"] for k, v in sorted(result["metrics"].items())]))

@@ -21,7 +21,7 @@ def list_tasks(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         print_json([{"name": t.name, "summary": t.summary, "category": t.category, "plugin": t.plugin} for t in tasks])
         return
     rows = [[t.name, t.category, t.plugin, t.summary] for t in sorted(tasks, key=lambda t: (t.category, t.name))]
-    console().print(table(None, ["task", "category", "plugin", "summary"], rows))
+    console().print(table(None, ["task", "category", "plugin", "summary"], rows, wrap=["summary"]))
 
 
 @tasks_app.command("show")
@@ -60,7 +60,8 @@ def show_task(
             constraint.append(f"{left}{'' if lo is None else lo}, {'' if hi is None else hi}{right}")
         default = "(required)" if pname in schema.get("required", []) else repr(prop.get("default"))
         rows.append([pname, kind, default, "; ".join(constraint), prop.get("description", "")])
-    out.print(table(None, ["parameter", "type", "default", "range / choices", "help"], rows))
+    out.print(table(None, ["parameter", "type", "default", "range / choices", "help"], rows,
+                    wrap=["range / choices", "help"]))
 
 
 def install(app: typer.Typer) -> None:

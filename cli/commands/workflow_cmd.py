@@ -29,7 +29,7 @@ def list_workflows(as_json: bool = typer.Option(False, "--json", help="Print JSO
         return
     rows = [[n, p, "broken" if isinstance(w, Exception) else len(w.steps),
              f"error: {w}" if isinstance(w, Exception) else w.description] for n, p, w in items]
-    console().print(table(None, ["workflow", "plugin", "steps", "description"], rows))
+    console().print(table(None, ["workflow", "plugin", "steps", "description"], rows, wrap=["description"]))
 
 
 @workflow_app.command("show")
