@@ -37,9 +37,18 @@ def build_app(with_plugins: bool = True) -> typer.Typer:
         version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                      help="Show the version and exit."),
         debug: bool = typer.Option(False, "--debug", envvar="GNOMON_DEBUG",
-                                   help="Show full tracebacks on errors."),
+                                   help="Show full tracebacks on errors (and everything --verbose shows)."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", envvar="GNOMON_VERBOSE",
+                                     help="Keep TensorFlow's start-up lines and the libraries' warnings."),
     ) -> None:
         state.options["debug"] = debug
+        import os
+
+        if debug or verbose:  # core modules and worker processes read it from the environment
+            os.environ["GNOMON_VERBOSE"] = "1"
+        from gnomon.core.quiet import silence_libraries
+
+        silence_libraries([info.module for info in state.plugins().infos.values() if info.module])
 
     _install_core_commands(app)
     if with_plugins:

@@ -31,6 +31,21 @@ def error(message: str) -> None:
     console(stderr=True).print(f"[bold red]error:[/bold red] {escape(redact(message))}", soft_wrap=True)
 
 
+def field(out, label: str, value: Any) -> None:
+    """One ``label: value`` line; a long value (a path, a URI) is never broken by an inserted newline."""
+    from rich.markup import escape
+
+    out.print(f"[dim]{escape(label)}:[/dim] {escape(str(value))}", soft_wrap=True)
+
+
+def tracking_lines(out, engine) -> None:
+    """Where the runs went: the tracking URI and the experiment, one per line."""
+    from gnomon.core.tracking import describe_uri  # never print a credential
+
+    field(out, "tracking", describe_uri(engine.tracking_uri))
+    field(out, "experiment", engine.experiment)
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, wrap: Iterable[str] = ()):
     """A table for the terminal that never splits a name across lines.
 

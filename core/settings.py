@@ -32,7 +32,9 @@ class Setting:
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("GNOMON_HOME", "~/.gnomon", "where the embedded MLflow store, caches and MNIST live"),
     Setting("GNOMON_EXPERIMENT", "gnomon", "default experiment name"),
-    Setting("GNOMON_DEBUG", "off", "switch: print tracebacks for gnomon's own errors"),
+    Setting("GNOMON_DEBUG", "off", "switch: print tracebacks for gnomon's own errors (and everything `GNOMON_VERBOSE` shows)"),
+    Setting("GNOMON_VERBOSE", "off", "switch: keep TensorFlow's start-up lines and the libraries' warnings on the "
+                                     "console (`gnomon --verbose`)"),
     Setting("GNOMON_LOAD_PLUGINS", "(unset: all)",
             "comma-separated allow-list of non-builtin plugins; set but empty = builtins only"),
     Setting("GNOMON_DISABLE_PLUGINS", "", "comma-separated deny-list (may name `builtin`)"),
@@ -123,6 +125,11 @@ def home(environ: Mapping[str, str] | None = None) -> Path:
 def debug(environ: Mapping[str, str] | None = None) -> bool:
     """``GNOMON_DEBUG``."""
     return flag("GNOMON_DEBUG", environ)
+
+
+def verbose(environ: Mapping[str, str] | None = None) -> bool:
+    """``GNOMON_VERBOSE`` or ``GNOMON_DEBUG``: keep every library message on the console."""
+    return flag("GNOMON_VERBOSE", environ) or debug(environ)
 
 
 def model_memo(environ: Mapping[str, str] | None = None) -> int:

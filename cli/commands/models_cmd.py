@@ -48,7 +48,10 @@ def show_model(
     """Build NAME and print its layer table: the index is what feature_layer_index refers to."""
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    from gnomon.core.quiet import verbose
+
+    if not verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     engine = state.engine()
     spec = engine.registry.get("model", name)
     shape = _parse_shape(input_shape)

@@ -8,7 +8,7 @@ import typer
 
 from .. import state
 from ..main import handle_errors
-from ..output import console, print_json, table
+from ..output import console, field, print_json, table, tracking_lines
 
 
 @handle_errors
@@ -22,7 +22,6 @@ def run(
 ) -> None:
     """Run TASK with parameters given as -P name=value (validated before anything starts)."""
     from gnomon.core.params import parse_cli_params
-    from gnomon.core.tracking import describe_uri
 
     params = parse_cli_params(param or [])  # a malformed -P fails before anything is opened
     engine = state.engine(experiment)
@@ -35,8 +34,8 @@ def run(
     rows = [[k, f"{v:.6g}"] for k, v in sorted(result.metrics.items())]
     out.print(table(f"{result.task}: run {result.run_id} {result.status}", ["metric", "value"], rows))
     for key, value in result.outputs.items():
-        out.print(f"[dim]{key}:[/dim] {value}")
-    out.print(f"[dim]tracking:[/dim] {describe_uri(engine.tracking_uri)}  [dim]experiment:[/dim] {engine.experiment}")
+        field(out, key, value)
+    tracking_lines(out, engine)
 
 
 def install(app: typer.Typer) -> None:

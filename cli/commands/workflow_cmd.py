@@ -9,7 +9,7 @@ import typer
 
 from .. import state
 from ..main import handle_errors
-from ..output import console, print_json, table
+from ..output import console, field, print_json, table, tracking_lines
 
 workflow_app = typer.Typer(help="Run declarative workflows of tasks (the backdoor demos) and list them.",
                            no_args_is_help=True)
@@ -150,12 +150,13 @@ def run_cmd(
                                    manifest_id=manifest_id, plugins=plugins, retries=retries, timeout=None,
                                    wait=wait, wait_timeout=None, as_json=as_json, resume=resume)
 
-    if not state.options.get("debug"):
+    from gnomon.core.quiet import verbose
+
+    if not verbose():
         # TensorFlow's C++ start-up chatter (CUDA probing, graph attribute notes) would bury the
         # step lines; an explicit TF_CPP_MIN_LOG_LEVEL or --debug keeps it.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gnomon.core.params import parse_cli_params
-    from gnomon.core.tracking import describe_uri
     from gnomon.core.workflows import apply_overrides, find_workflow, run_workflow
 
     engine = state.engine(experiment)
@@ -182,7 +183,7 @@ def run_cmd(
     out.print(f"workflow [bold]{result.workflow}[/bold] finished in {result.duration_s:.0f} s "
               f"({ran} steps ran, {len(result.steps) - ran} cached); parent run {result.run_id}")
     _print_report(out, result.report)
-    out.print(f"[dim]tracking:[/dim] {describe_uri(engine.tracking_uri)}  [dim]experiment:[/dim] {engine.experiment}")
+    tracking_lines(out, engine)
 
 
 def _run_sweep(engine, workflow, variables, matrix, *, resume, make_report, report_dir, as_json) -> None:
@@ -224,9 +225,9 @@ def _print_report(out, report) -> None:
 
     if report.data.rows:
         out.print(results_table(report.data))
-    out.print(f"report: {report.html_path}")
+    out.print(f"report: {report.html_path}", soft_wrap=True, markup=False)
     if report.artifact_uri:
-        out.print(f"[dim]logged as {report.artifact_uri}[/dim]")
+        field(out, "logged as", report.artifact_uri)
 
 
 @handle_errors

@@ -22,6 +22,7 @@ Everything is re-exported here. Nothing imports tensorflow, keras or mlflow at m
 from __future__ import annotations
 
 from .build import (
+    SLOW_ON_CPU_PARAMS,
     build_model,
     compile_model,
     fit_to_model,
@@ -32,6 +33,7 @@ from .build import (
     n_outputs,
     one_hot,
     quiet_tensorflow,
+    warn_if_slow_on_cpu,
 )
 from .evaluate import attack_success_rate, evaluate, metrics_from_probs
 from .loading import load_registered_model, remember_loaded
@@ -50,11 +52,12 @@ from .refs import (
 from .training import early_stopping, epochs_to_run, total_steps, training_callback
 
 __all__ = [
+    "SLOW_ON_CPU_PARAMS",
     "METRIC_NAMES", "TAG_ARCHITECTURE", "TAG_CLASS_NAMES", "TAG_INPUT_SHAPE", "ModelNotFoundError",
     "attack_success_rate", "build_model", "check_model", "check_model_ref", "compile_model",
     "early_stopping", "epochs_to_run", "evaluate", "fit_to_model", "input_shape_of", "keras_metrics",
     "layer_table", "load_registered_model", "log_and_register", "make_optimizer", "metrics_from_probs",
-    "model_version_tags", "n_outputs", "one_hot", "parse_model_ref", "predict", "quiet_tensorflow",
+    "model_version_tags", "n_outputs", "one_hot", "parse_model_ref", "predict", "quiet_tensorflow", "warn_if_slow_on_cpu",
     "recorded_architecture", "registered_model_name", "remember_loaded", "resolve_model_ref",
     "total_steps", "training_callback",
 ]

@@ -40,7 +40,9 @@ def log_and_register(ctx, model, name: str, register: bool = True, *, architectu
 
         sample = example[:2]
         signature = infer_signature(sample, predict(model, sample, len(sample)))
-    with ctx.progress("logging model", total=None):
+    from ..quiet import mlflow_chatter
+
+    with ctx.progress("logging model", total=None), mlflow_chatter():
         info = mlflow.keras.log_model(model, name="model", registered_model_name=name if register else None,
                                       pip_requirements=_pip_requirements(), signature=signature)
     out: dict[str, Any] = {"model_uri": info.model_uri}
