@@ -42,11 +42,11 @@ def build_app(with_plugins: bool = True) -> typer.Typer:
                                      help="Keep TensorFlow's start-up lines and the libraries' warnings."),
     ) -> None:
         state.options["debug"] = debug
-        import os
+        from gnomon.core import settings
+        from gnomon.core.quiet import silence_libraries
 
         if debug or verbose:  # core modules and worker processes read it from the environment
-            os.environ["GNOMON_VERBOSE"] = "1"
-        from gnomon.core.quiet import silence_libraries
+            settings.turn_on("GNOMON_VERBOSE")
 
         silence_libraries([info.module for info in state.plugins().infos.values() if info.module])
 

@@ -116,6 +116,11 @@ def paths(name: str, environ: Mapping[str, str] | None = None) -> list[str]:
     return [p for p in (raw(name, environ) or "").split(os.pathsep) if p]
 
 
+def turn_on(name: str) -> None:
+    """Switch a setting on for this process and the processes it starts (e.g. ``gnomon --verbose``)."""
+    os.environ[_known(name)] = "1"
+
+
 # -- the settings the code asks for by meaning --------------------------------
 def home(environ: Mapping[str, str] | None = None) -> Path:
     """``GNOMON_HOME`` (default ``~/.gnomon``)."""
