@@ -171,11 +171,19 @@ def reap_orphans(uri: str) -> list[str]:
     return reaped
 
 
+#: MLflow 3's experiment-type tag and its value for model training: the UI opens such an
+#: experiment on its runs table instead of its GenAI view (traces, evaluations).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(name: str, uri: str) -> str:
     """The id of experiment ``name``, created if needed (artifacts under GNOMON_HOME when embedded).
 
     On an SQLite store the creation happens under the store's inter-process lock, so processes
-    starting together agree on one experiment.
+    starting together agree on one experiment. gnomon's experiments are model-training experiments:
+    they carry MLflow's experiment-kind tag (:data:`EXPERIMENT_KIND_TAG`), added to an existing
+    experiment that lacks it.
     """
     import contextlib
 
@@ -186,6 +194,7 @@ def ensure_experiment(name: str, uri: str) -> str:
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None and experiment.lifecycle_stage != "deleted":
+        _mark_model_training(client, experiment)
         return experiment.experiment_id
     db = sqlite_path(uri)
     with store_lock(db) if db is not None else contextlib.nullcontext():
@@ -193,6 +202,7 @@ def ensure_experiment(name: str, uri: str) -> str:
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
+            _mark_model_training(client, experiment)
             return experiment.experiment_id
         artifact_location = None
         if uri.startswith("sqlite:"):
@@ -201,9 +211,25 @@ def ensure_experiment(name: str, uri: str) -> str:
             folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
             artifact_location = (gnomon_home() / "artifacts" / folder).resolve().as_uri()
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created concurrently by another process (a tracking server has no lock)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
             return experiment.experiment_id
+
+
+def _mark_model_training(client, experiment) -> None:
+    """Tag an experiment made before gnomon tagged them (or by someone else) as model training."""
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def runs_page_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI page listing an experiment's runs (``base_url``: the UI's or server's root URL).
+
+    ``workflowType=machine_learning`` switches MLflow 3's UI to its model-training mode, which it
+    otherwise remembers per browser (default: GenAI), so the link shows the runs table.
+    """
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
