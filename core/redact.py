@@ -96,6 +96,8 @@ class RedactingStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # like any text stream: click probes with write(b"") to find binary ones
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         return self._stream.write(redact(text))
 
     def writelines(self, lines) -> None:

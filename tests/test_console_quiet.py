@@ -186,3 +186,10 @@ def test_captured_fd2_drops_only_the_noise(capfd):
         os.write(2, b"something else\n")
     err = capfd.readouterr().err
     assert err == "E0000 00:00:1796219002.852859   12745 real.cc:1] a real error\nsomething else\n"
+
+
+def test_piped_output_is_plain_text(gnomon_home):
+    """click probes stdout with write(b"") to tell text from binary streams; gnomon's stream wrappers must refuse."""
+    cmd = [str(GNOMON)] if GNOMON.exists() else [sys.executable, "-m", "gnomon.cli.main"]
+    proc = subprocess.run(cmd + ["--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("gnomon ") and "b'" not in proc.stdout, proc.stdout
