@@ -150,11 +150,13 @@ class Engine:
 
         seed = int(values.get("seed", 0) or 0)
         info = self.plugins.infos.get(task.plugin)
+        from .environment import fingerprint_tags
         from .lifecycle import Terminated, process_tags
         from .redact import format_exception, redact
 
         run_tags = {
             **process_tags(),
+            **fingerprint_tags(),
             "gnomon.task": task.name,
             "gnomon.plugin": task.plugin,
             "gnomon.plugin_version": info.version if info else "",

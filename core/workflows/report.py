@@ -117,6 +117,27 @@ details{margin:.3em 0}
 """
 
 
+def render_environment(data: ReportData) -> str:
+    """The environment that decides the numbers (see :mod:`gnomon.core.environment`), and whether steps differ."""
+    e = html.escape
+    if not data.environment:
+        return "<h2>Environment</h2><p class='dim'>Not recorded (a run made before gnomon recorded it).</p>"
+    out = ["<h2>Environment</h2>",
+           "<p class='dim'>The same seed gives bit-identical numbers only with the same environment "
+           "(<code>gnomon.env.id</code>); elsewhere expect differences of the order of the seed-to-seed spread.</p>",
+           "<table>"]
+    for key, value in data.environment.items():
+        out.append(f"<tr><th>{e(key)}</th><td><code>{e(value)}</code></td></tr>")
+    out.append("</table>")
+    others = sorted({s.environment.get("id", "") for s in data.steps if s.environment}
+                    - {data.environment.get("id", ""), ""})
+    if others:
+        steps = [s.name for s in data.steps if s.environment.get("id", "") in others]
+        out.append(f"<p><b>Steps ran in {len(others)} other environment(s)</b> ({e(', '.join(others))}): "
+                   f"{e(', '.join(steps))}.</p>")
+    return "\n".join(out)
+
+
 def render_html(data: ReportData, pictures: dict[str, bytes | None]) -> str:
     """The whole report as one HTML document with the PNGs embedded as data URIs."""
     e = html.escape
@@ -148,6 +169,7 @@ def render_html(data: ReportData, pictures: dict[str, bytes | None]) -> str:
     out.append(render_sections(data.sections))
     for note in data.notes:
         out.append(f"<p class='dim'>{e(note)}</p>")
+    out.append(render_environment(data))
     out.append("<h2>Versions</h2><table>")
     for key, value in sorted(data.versions.items()):
         out.append(f"<tr><th>{e(key)}</th><td>{e(str(value))}</td></tr>")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..environment import from_tags as env_from_tags
 from ..errors import GnomonError
 from .cache import outputs_from_tags, tag_name
 
@@ -40,6 +41,7 @@ class StepRecord:
     labels: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
+    environment: dict[str, str] = field(default_factory=dict)  # the step run's gnomon.env.* tags
 
 
 @dataclass
@@ -85,6 +87,7 @@ class ReportData:
     wall_time_s: float | None = None
     notes: list[str] = field(default_factory=list)
     sections: list[Any] = field(default_factory=list)  # report_sections.Section, one per step that logged one
+    environment: dict[str, str] = field(default_factory=dict)  # the parent run's gnomon.env.* tags
 
 
 def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
@@ -107,6 +110,7 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
         experiment=experiment.name if experiment else parent.info.experiment_id,
         variables={k[4:]: v for k, v in parent.data.params.items() if k.startswith("var.")},
         versions=json.loads(tags.get("gnomon.versions", "{}")),
+        environment=env_from_tags(tags),
         steps=steps,
         rows=result_rows(steps, report_opts.get("accuracy_metric", DEFAULT_ACCURACY_METRIC),
                          report_opts.get("asr_metric", DEFAULT_ASR_METRIC)),
@@ -145,6 +149,7 @@ def workflow_steps(client, run_id: str, tags: dict[str, str] | None = None) -> t
             record.params = dict(child.data.params)
             record.metrics = dict(child.data.metrics)
             record.outputs = outputs_from_tags(child.data.tags)
+            record.environment = env_from_tags(child.data.tags)
             record.duration_s = child.data.metrics.get("gnomon_wall_time_s")
         steps.append(record)
     return plan, steps

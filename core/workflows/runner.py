@@ -157,11 +157,13 @@ def run_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, resum
     say = _Printer(engine.show_progress)
     client = engine.mlflow_client()
     versions = library_versions()
+    from ..environment import fingerprint_tags
     from ..lifecycle import Terminated, process_tags
     from ..redact import redact
 
     tags = {
         **process_tags(),
+        **fingerprint_tags(),
         WORKFLOW_TAG: workflow.name,
         "gnomon.workflow.source": workflow.source,
         "gnomon.workflow.sha256": workflow.digest,

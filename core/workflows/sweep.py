@@ -223,6 +223,7 @@ def run_sweep(engine, sweep: SweepPlan, *, resume: bool = False, make_report: bo
     """
     import mlflow
 
+    from ..environment import fingerprint_tags
     from .runner import WorkflowStepError, _Printer, library_versions, run_workflow
 
     workflow = sweep.workflow
@@ -232,7 +233,7 @@ def run_sweep(engine, sweep: SweepPlan, *, resume: bool = False, make_report: bo
     tags = {SWEEP_TAG: workflow.name, "gnomon.workflow.source": workflow.source,
             "gnomon.workflow.sha256": workflow.digest, "gnomon.sweep.axes": json.dumps(axes),
             "gnomon.workflow.resume": str(resume).lower(),
-            "gnomon.versions": json.dumps(library_versions(), sort_keys=True)}
+            "gnomon.versions": json.dumps(library_versions(), sort_keys=True), **fingerprint_tags()}
     shared: dict[str, Any] = {}
     started = time.perf_counter()
     result = None
