@@ -89,7 +89,14 @@ def unreachable_error(exc: BaseException) -> GnomonError | None:
                     "ConnectTimeout", "ReadTimeout"} or "Max retries exceeded" in text:
             uri = os.environ.get("MLFLOW_TRACKING_URI") or ""
             where = f" {describe_uri(uri)}" if uri else ""
-            error = TrackingUnavailableError(f"cannot reach the tracking server{where}: {name}")
+            import re
+
+            # the innermost cause named in urllib3's text, e.g. RemoteDisconnected or ConnectionRefusedError
+            causes = re.findall(r"([A-Z]\w*(?:Error|Disconnected|Timeout|Refused|Exception))\(", text)
+            reason = causes[-1] if causes else name
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+            after = f" after {retries} retries" if retries and "Max retries exceeded" in text else ""
+            error = TrackingUnavailableError(f"cannot reach the tracking server{where}: {reason}{after}")
             error.__cause__ = exc
             return error
         current = current.__cause__ or current.__context__
