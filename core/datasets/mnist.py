@@ -9,6 +9,8 @@ renamed into place, so an interrupted run leaves no half-written ``dest``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -278,7 +280,7 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
     try:
         download_dir = build / ".download"
         download_dir.mkdir()
-        raw, hashes, where = load_source(source, download_dir, progress_factory)
+        raw, hashes, where = _load_source_once(source, download_dir, progress_factory, dest)
         if marker is not None and not force and marker["hashes"] == hashes:
             # same data from another place: nothing to rewrite, remember the new source
             marker["source"], marker["source_key"] = where, _source_key(source) if source else None
@@ -305,6 +307,37 @@ def prepare_mnist(dest: str | Path | None = None, source: str | None = None, *, 
         if build.exists():  # failed, interrupted, or nothing to do
             shutil.rmtree(build, ignore_errors=True)
     return PrepareResult(dest, True, hashes, counts, where)
+
+
+#: Within :func:`failures_remembered`: {(dest, source, mirrors): message} of MNIST that could not be had.
+_FAILURES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gnomon_mnist_failures", default=None)
+
+
+@contextlib.contextmanager
+def failures_remembered():
+    """Within the block, MNIST that could not be fetched is not tried again from the same places.
+
+    The same :class:`MnistSourceError` is raised at once instead, so checking every step of an
+    offline workflow tries the mirrors once, not once per step (and the error can be said once).
+    """
+    token = _FAILURES.set({})
+    try:
+        yield
+    finally:
+        _FAILURES.reset(token)
+
+
+def _load_source_once(source, workdir, progress_factory, dest):
+    remembered = _FAILURES.get()
+    key = (str(dest), source, tuple(_mirrors()) if source is None else ())
+    if remembered is not None and key in remembered:
+        raise MnistSourceError(remembered[key])
+    try:
+        return load_source(source, workdir, progress_factory)
+    except MnistSourceError as exc:
+        if remembered is not None:
+            remembered[key] = str(exc)
+        raise
 
 
 def _content_id(hashes: dict[str, str], split: str) -> str:

@@ -46,8 +46,22 @@ class WorkflowValidationError(GnomonError):
 
     def __init__(self, workflow: str, problems: list[Problem]):
         self.workflow, self.problems = workflow, list(problems)
-        lines = [f"workflow '{workflow}' is invalid; no step was run:"] + [f"  {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join([f"workflow '{workflow}' is invalid; no step was run:"] + _lines(self.problems)))
+
+
+def _lines(problems: list[Problem]) -> list[str]:
+    """One line per problem; a message several steps share (MNIST offline, say) is said once, then its steps."""
+    by_message: dict[str, list[Problem]] = {}
+    for p in problems:
+        by_message.setdefault(p.message, []).append(p)
+    lines = []
+    for message, group in by_message.items():
+        if len(group) == 1 or not all(p.step for p in group):
+            lines += [f"  {p}" for p in group]
+            continue
+        steps = ", ".join(f"'{p.step}' (#{p.index + 1}, {p.field})" for p in group)
+        lines += [f"  {message}", f"    steps affected: {steps}"]
+    return lines
 
 
 def validate_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, preflight: bool = True) -> Plan:
@@ -128,14 +142,17 @@ def plan_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, pref
     plan = Plan(workflow=workflow, variables=dict(variables), steps=tuple(planned))
     if not preflight:
         return plan
-    for step, task, values in checks:
-        try:
-            found = task.check(engine, values) or {}
-        except GnomonError as exc:
-            found = {"(check)": str(exc)}
-        for field, message in found.items():
-            for text in (message if isinstance(message, (list, tuple)) else [message]):
-                problems.append(Problem(step.name, step.index, step.task, f"param '{field}'", str(text)))
+    from ..datasets.mnist import failures_remembered
+
+    with failures_remembered():  # offline, the MNIST mirrors are tried once, not once per step
+        for step, task, values in checks:
+            try:
+                found = task.check(engine, values) or {}
+            except GnomonError as exc:
+                found = {"(check)": str(exc)}
+            for field, message in found.items():
+                for text in (message if isinstance(message, (list, tuple)) else [message]):
+                    problems.append(Problem(step.name, step.index, step.task, f"param '{field}'", str(text)))
     if problems:
         raise WorkflowValidationError(workflow.name, problems)
     return replace(plan, checked=frozenset(step.name for step, _, _ in checks))
