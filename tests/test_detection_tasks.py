@@ -164,13 +164,17 @@ def test_bad_params_refused_before_any_run(store, monkeypatch, task, params, fie
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
 
 
-def test_pruning_refused_for_a_model_without_a_dense_hidden_layer(store, monkeypatch):
-    monkeypatch.setenv("GNOMON_HOME", str(store.home))
-    engine = store.engine()
-    shallow = engine.run("train", {"model_architecture": "shallow_net", "epochs": 0.1, "register_model": True,
-                                   "data_dir": str(store.dirs["training"]), "validation_split": 0.0,
-                                   "data_dir_test": str(store.dirs["testing"])})
-    ref = f"{shallow.outputs['model_name']}/{shallow.outputs['model_version']}"
-    with pytest.raises(ParamValidationError) as info:
-        engine.run("neural_cleanse", {"model": ref, "data_dir": str(store.dirs["training"]), "mitigation": "pruning"})
-    assert "mitigation" in str(info.value) and "Dense" in str(info.value)
+def test_pruning_needs_a_dense_layer_where_art_prunes():
+    """ART prunes the layer before the output: refused when it is not a Dense layer, accepted for shallow_net."""
+    import keras
+    from keras import layers
+
+    from gnomon.plugins.builtin.detection_tasks import pruning_layer_problem
+    from gnomon.plugins.builtin.models import shallow_net
+
+    pooled = keras.Sequential([keras.Input(shape=(28, 28, 1)), layers.Conv2D(4, 3, name="conv"),
+                               layers.GlobalAveragePooling2D(name="pool"),
+                               layers.Dense(10, activation="softmax", name="predictions")])
+    reason = pruning_layer_problem(pooled)
+    assert reason is not None and "Dense" in reason and "'pool'" in reason
+    assert pruning_layer_problem(shallow_net((28, 28, 1), 10)) is None

@@ -318,11 +318,10 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
 
     from gnomon.core.datasets import resolve_dataset
     from gnomon.core.models import (
-        TAG_ARCHITECTURE,
         fit_to_model,
         log_and_register,
-        model_version_tags,
         one_hot,
+        recorded_architecture,
         registered_model_name,
     )
 
@@ -380,7 +379,7 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
             shown.append((f"after {mitigation}: ASR", f"{metrics['repaired_attack_success_rate']:.1%}"))
         ctx.log_metric("mitigation_applied", float(bool(flagged)))
         if mitigation in ("unlearning", "pruning"):
-            architecture = (model_version_tags(ctx.engine, params["model"]) or {}).get(TAG_ARCHITECTURE) or model.name
+            architecture = recorded_architecture(ctx.engine, params["model"]) or model.name
             name = registered_model_name(ctx.experiment_name or "gnomon", architecture, params["model_tag"])
             with timer("register"):
                 outputs.update(log_and_register(ctx, model, name, True, architecture=architecture,
