@@ -24,24 +24,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_workflow import _run  # noqa: E402  (the same timed subprocess call)
 
 REPO = Path(__file__).resolve().parents[1]
 GNOMON = str(Path(sys.executable).parent / "gnomon")
-
-
-def _run(cmd: list[str], env: dict[str, str], what: str) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}")
-    return elapsed, proc.stdout
 
 
 def _trainings(env: dict[str, str], experiment: str) -> dict[str, int]:

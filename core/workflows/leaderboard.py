@@ -113,12 +113,10 @@ def is_sweep_run(engine, run_id: str) -> bool:
 
 def collect_leaderboard(engine, run_id: str) -> Leaderboard:
     """Read sweep ``run_id``, its combinations' workflow runs and their steps from the tracking store."""
+    from .report_data import get_run_or_fail
+
     client = engine.mlflow_client()
-    try:
-        parent = client.get_run(run_id)
-    except Exception as exc:
-        raise GnomonError(f"no run '{run_id}' in the tracking store {engine.tracking_uri} ({type(exc).__name__})") \
-            from None
+    parent = get_run_or_fail(engine, run_id)
     tags = parent.data.tags
     if SWEEP_TAG not in tags:
         raise GnomonError(f"run '{run_id}' is not a sweep run (it has no '{SWEEP_TAG}' tag)")

@@ -90,14 +90,19 @@ class ReportData:
     environment: dict[str, str] = field(default_factory=dict)  # the parent run's gnomon.env.* tags
 
 
-def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
-    """Read a workflow's parent run ``run_id`` and its steps' runs from the tracking store."""
-    client = engine.mlflow_client()
+def get_run_or_fail(engine, run_id: str):
+    """The MLflow run ``run_id``, or a clear :class:`GnomonError` naming the tracking store."""
     try:
-        parent = client.get_run(run_id)
+        return engine.mlflow_client().get_run(run_id)
     except Exception as exc:
         raise GnomonError(f"no run '{run_id}' in the tracking store {engine.tracking_uri} ({type(exc).__name__})") \
             from None
+
+
+def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
+    """Read a workflow's parent run ``run_id`` and its steps' runs from the tracking store."""
+    client = engine.mlflow_client()
+    parent = get_run_or_fail(engine, run_id)
     tags = parent.data.tags
     if "gnomon.workflow" not in tags:
         raise GnomonError(f"run '{run_id}' is not a workflow run (it has no 'gnomon.workflow' tag); "
