@@ -1,15 +1,14 @@
+# ruff: noqa: F811  (pytest fixtures imported from servers.py are redefined as test arguments)
 """Dataset artifacts through real MLflow runs: exact round trip of quantize(x), provenance, clear errors."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
 import sys
 import tarfile
-import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +28,9 @@ from gnomon.core.errors import ParamValidationError, TaskFailedError
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
+
+sys.path.insert(0, str(Path(__file__).parent))
+from servers import mlflow_server, s3_server  # noqa: E402,F401
 
 PRODUCED: dict[str, ImageDataset] = {}
 
@@ -193,49 +195,25 @@ def test_folder_from_artifact_keeps_order_and_metadata(tmp_path, gnomon_home):
     assert back.metadata["target_class"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.servers
 @pytest.mark.slow
-def test_round_trip_through_remote_tracking_server(tmp_path, gnomon_engine_factory, monkeypatch):
-    """A real ``mlflow server`` with proxied artifacts: write and read the artifact over HTTP."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail("mlflow server exited")
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        PRODUCED.clear()
-        engine = gnomon_engine_factory(plugins=[_Plugin()])
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        assert engine.tracking_uri.startswith("http://")
-        produced = engine.run("test_produce", {"seed": 3})
-        back = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
-        np.testing.assert_array_equal(back.x, quantize(PRODUCED["in_memory"].x))
-        assert list((tmp_path / "server-artifacts").rglob("adv_testing.tar"))
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+def test_round_trip_through_remote_tracking_server(gnomon_engine_factory, monkeypatch, mlflow_server):
+    """A real ``mlflow server`` with proxied artifacts: write and read the artifact over HTTP.
+
+    The session's shared server (artifacts proxied to SeaweedFS S3) is used; the client has no S3
+    credentials, so the bytes can only have gone through the server.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    PRODUCED.clear()
+    engine = gnomon_engine_factory(plugins=[_Plugin()], experiment=f"datasets-{uuid.uuid4().hex[:8]}")
+    assert engine.tracking_uri.startswith("http://")
+    produced = engine.run("test_produce", {"seed": 3})
+    back = read_dataset_artifact(engine, produced.run_id, "adv_testing.tar", "adv_data")
+    np.testing.assert_array_equal(back.x, quantize(PRODUCED["in_memory"].x))
+    s3 = mlflow_server.s3
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=mlflow_server.prefix + "/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert [k for k in keys if produced.run_id in k and k.endswith("/adv_testing.tar")], keys[-20:]
 
 
 @pytest.mark.parametrize("suffix, channels", [(".tar", 3), (".tar.gz", 1)])
