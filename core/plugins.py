@@ -1,14 +1,20 @@
 """Plugin discovery and loading: the plugin-manager factory.
 
-Load order: the builtin plugin (through the same hooks as everyone else), then
-entry points in the group ``gnomon``, then plugin directories listed in
-``GNOMON_PLUGIN_PATH``. A later plugin with the same name as an earlier one replaces it
-(so plugins pulled from S3 onto a worker win over what happens to be installed).
+Load order: the builtin plugins (entry points in the group ``gnomon.builtin`` of gnomon's own
+distribution, loaded through the same hooks as everyone else), then entry points in the group
+``gnomon``, then plugin directories listed in ``GNOMON_PLUGIN_PATH``. A later plugin with the
+same name as an earlier one replaces it (so plugins pulled from S3 onto a worker win over what
+happens to be installed).
+
+A *plugin package* is a plugin module that sets ``GNOMON_PLUGINS`` to a sequence of its
+submodule names: each submodule is then registered as its own plugin, named
+``<package>.<submodule>``, and can be listed and disabled on its own (the builtins are one).
 
 Environment:
     GNOMON_LOAD_PLUGINS     comma-separated allow-list of non-builtin plugins; set and
                             empty means builtins only.
-    GNOMON_DISABLE_PLUGINS  comma-separated deny-list (may name ``builtin``).
+    GNOMON_DISABLE_PLUGINS  comma-separated deny-list; a package name (``builtin``) disables
+                            all its plugins, ``builtin.triggers`` one of them.
     GNOMON_PLUGIN_PATH      os.pathsep-separated directories of plugins (``*.py`` files
                             or packages), e.g. the cache ``gnomon plugins pull`` fills.
     GNOMON_STRICT_PLUGINS=1 a broken plugin is fatal instead of reported.
@@ -37,7 +43,9 @@ from .registry import AttackSpec, DefenseSpec, ModelSpec, Registry, WorkflowSpec
 from .tasks import Task
 
 ENTRY_POINT_GROUP = "gnomon"
-BUILTIN_MODULE = "gnomon.plugins.builtin"
+#: Entry points of gnomon's own distribution naming its builtin plugins (see pyproject.toml);
+#: core learns which modules are builtin only from this metadata.
+BUILTIN_GROUP = "gnomon.builtin"
 HEAVY_MODULES = ("tensorflow", "keras", "art", "mlflow", "torch", "jax")
 REGISTER_HOOKS = {
     "register_tasks": ("task", Task),
@@ -55,6 +63,8 @@ class PluginInfo:
     name: str
     source: str  # "builtin", "entry point" or "directory"
     version: str = ""
+    #: the plugin package this plugin came from (``builtin`` for ``builtin.models``), else ""
+    package: str = ""
     location: str = ""
     module: str = ""
     hooks: list[str] = field(default_factory=list)
@@ -82,6 +92,7 @@ class PluginInfo:
             "hint": self.hint,
             "warnings": self.warnings,
             "shadows": self.shadows,
+            "package": self.package,
         }
 
 
@@ -266,16 +277,32 @@ def load_plugins(
             return False
         if load is None or name in load or (bool(dist_name) and dist_name in load):
             return True
+        if any(item.startswith(name + ".") for item in load):
+            return True  # a plugin package, some of whose parts are allowed (checked by load_part)
         plugins.skipped.append((name, source, "not in GNOMON_LOAD_PLUGINS"))
         return False
 
-    if builtins and "builtin" in disable:
-        plugins.skipped.append(("builtin", "builtin", "disabled by GNOMON_DISABLE_PLUGINS"))
-    if builtins and "builtin" not in disable:
-        from . import __version__
+    def load_part(name: str, source: str) -> bool:
+        """Whether one plugin of a package passes the deny-list (and, for non-builtins, the allow-list)."""
+        if name in disable:
+            plugins.skipped.append((name, source, "disabled by GNOMON_DISABLE_PLUGINS"))
+            return False
+        package = name.split(".")[0]
+        if source == "builtin" or load is None or name in load or package in load:
+            return True
+        plugins.skipped.append((name, source, "not in GNOMON_LOAD_PLUGINS"))
+        return False
 
-        _register(plugins, PluginInfo(name="builtin", source="builtin", version=__version__, module=BUILTIN_MODULE),
-                  lambda: importlib.import_module(BUILTIN_MODULE))
+    if builtins:
+        from importlib.metadata import entry_points as _eps
+
+        for ep in sorted(_eps(group=BUILTIN_GROUP), key=lambda e: e.name):
+            if ep.name in disable:
+                plugins.skipped.append((ep.name, "builtin", "disabled by GNOMON_DISABLE_PLUGINS"))
+                continue
+            dist = getattr(ep, "dist", None)
+            _register(plugins, PluginInfo(name=ep.name, source="builtin", version=getattr(dist, "version", "") or "",
+                                          module=ep.value), ep.load, load_part)
 
     if entry_points is None:
         from importlib.metadata import entry_points as _eps
@@ -289,7 +316,7 @@ def load_plugins(
         version = getattr(dist, "version", "") or ""
         location = _dist_location(dist)
         _register(plugins, PluginInfo(name=ep.name, source="entry point", version=version,
-                                      location=location, module=ep.value), ep.load)
+                                      location=location, module=ep.value), ep.load, load_part)
 
     for directory in plugin_path:
         for name, path, loader in _directory_plugins(Path(directory)):
@@ -297,7 +324,7 @@ def load_plugins(
                 continue
             _register(plugins, PluginInfo(name=name, source="directory", location=str(path),
                                           module=f"gnomon_dir_plugins.{name}",
-                                          version=_dir_version(path)), loader)
+                                          version=_dir_version(path)), loader, load_part)
 
     if trace:
         pm.trace.root.setwriter(sys.stderr.write)
@@ -305,8 +332,35 @@ def load_plugins(
     return plugins
 
 
-def _register(plugins: PluginSet, info: PluginInfo, importer) -> None:
-    """Import one plugin module and register it; failures mark it broken."""
+def _register(plugins: PluginSet, info: PluginInfo, importer, load_part=None) -> None:
+    """Import one plugin module and register it (each part of a plugin package on its own).
+
+    Failures mark the plugin broken; nothing here raises unless the set is strict.
+    """
+    module = _import_plugin(plugins, info, importer)
+    if module is None:
+        return
+    parts = getattr(module, "GNOMON_PLUGINS", None)
+    if parts is None:
+        _add(plugins, info, module)
+        return
+    del plugins.infos[info.name]  # a package is not a plugin itself: its parts are
+    declared = getattr(module, "GNOMON_HOOK_API", None)
+    for part in parts:
+        name = f"{info.name}.{part}"
+        if load_part is not None and not load_part(name, info.source):
+            continue
+        sub = PluginInfo(name=name, source=info.source, version=info.version, location=info.location,
+                         module=f"{module.__name__}.{part}", package=info.name)
+        submodule = _import_plugin(plugins, sub, lambda m=sub.module: importlib.import_module(m))
+        if submodule is not None:
+            if getattr(submodule, "GNOMON_HOOK_API", None) is None and declared is not None:
+                sub.api_version = str(declared)
+            _add(plugins, sub, submodule)
+
+
+def _import_plugin(plugins: PluginSet, info: PluginInfo, importer):
+    """Import a plugin's module, recording a failure (and the heavy imports it made) on ``info``."""
     previous = plugins.infos.get(info.name)
     if previous is not None:
         info.shadows = f"{previous.source} {previous.location or previous.module}".strip()
@@ -323,7 +377,7 @@ def _register(plugins: PluginSet, info: PluginInfo, importer) -> None:
         info.warnings.append("".join(traceback.format_exception_only(type(exc), exc)).strip())
         if plugins.strict:
             raise PluginError(f"plugin '{info.name}' failed to import: {info.error}") from exc
-        return
+        return None
     heavy = sorted(({m.split(".")[0] for m in set(sys.modules) - before} | _heavy_references(module))
                    & set(HEAVY_MODULES))
     if heavy:
@@ -331,12 +385,18 @@ def _register(plugins: PluginSet, info: PluginInfo, importer) -> None:
             f"imports {', '.join(heavy)} at import time, which slows every gnomon command; "
             "import it inside the functions that need it"
         )
+    return module
+
+
+def _add(plugins: PluginSet, info: PluginInfo, module) -> None:
+    """Check a plugin module's hook API version and register it with pluggy."""
     declared = getattr(module, "GNOMON_HOOK_API", None)
-    info.api_version = str(declared) if declared is not None else None
-    if declared is not None and str(declared).split(".")[0] != HOOK_API_VERSION.split(".")[0]:
+    if declared is not None:
+        info.api_version = str(declared)
+    if info.api_version is not None and info.api_version.split(".")[0] != HOOK_API_VERSION.split(".")[0]:
         plugins.mark_broken(
             info.name,
-            f"plugin '{info.name}' was written for gnomon hook API {declared}, "
+            f"plugin '{info.name}' was written for gnomon hook API {info.api_version}, "
             f"but this gnomon provides hook API {HOOK_API_VERSION}",
             "upgrade the plugin (or gnomon) so that the major versions match",
         )

@@ -33,13 +33,15 @@ class TaskSchema(Schema):
 
 
 def DatasetSource(run_id_field: str = "dataset_run_id", *, data_dir_field: str = "data_dir",
-                  default_split: str = "testing", default_tar: str = "testing_adversarial.tar",
-                  default_name: str = "adv_testing") -> type[Schema]:
+                  default_split: str = "testing", default_tar: str | None = None,
+                  default_name: str | None = None) -> type[Schema]:
     """A schema mixin for reading a dataset from a folder or from another run's artifact.
 
     ``data_dir_field`` (default: the prepared MNIST ``default_split``), or, with
     ``load_dataset_from_mlruns=true``, the tar artifact ``dataset_tar_name`` holding the
-    folder ``dataset_name`` from run ``run_id_field``.
+    folder ``dataset_name`` from run ``run_id_field``. The plugin names the artifact its task
+    reads by default (``default_tar``/``default_name``); without one, both are required
+    whenever ``load_dataset_from_mlruns`` is true.
     """
     attrs = {
         data_dir_field: fields.String(load_default=None, allow_none=True, metadata={
@@ -49,15 +51,19 @@ def DatasetSource(run_id_field: str = "dataset_run_id", *, data_dir_field: str =
             "description": f"Read the dataset from the artifact of run '{run_id_field}' instead of a folder."}),
         run_id_field: fields.String(load_default=None, allow_none=True, metadata={
             "description": "MLflow run id holding the dataset artifact (with load_dataset_from_mlruns)."}),
-        "dataset_tar_name": FileName(tar=True, load_default=default_tar, metadata={
+        "dataset_tar_name": FileName(tar=True, load_default=default_tar, allow_none=default_tar is None, metadata={
             "description": "Tar artifact name of the dataset."}),
-        "dataset_name": FileName(load_default=default_name, metadata={
+        "dataset_name": FileName(load_default=default_name, allow_none=default_name is None, metadata={
             "description": "Folder inside the tar holding the class folders."}),
     }
 
     def _check_source(self, data, **kwargs):
-        if data.get("load_dataset_from_mlruns") and not data.get(run_id_field):
-            raise ValidationError("required when load_dataset_from_mlruns is true", run_id_field)
+        if not data.get("load_dataset_from_mlruns"):
+            return
+        missing = {f: "required when load_dataset_from_mlruns is true"
+                   for f in (run_id_field, "dataset_tar_name", "dataset_name") if not data.get(f)}
+        if missing:
+            raise ValidationError(missing)
 
     attrs["_check_dataset_source"] = validates_schema(_check_source)
     attrs["__dataset_source__"] = {"run_id_field": run_id_field, "data_dir_field": data_dir_field,
@@ -65,11 +71,15 @@ def DatasetSource(run_id_field: str = "dataset_run_id", *, data_dir_field: str =
     return type(f"DatasetSource_{run_id_field}", (Schema,), attrs)
 
 
-class ModelArchitecture(Schema):
-    """``model_architecture``: one of the registered models (builtin or from any plugin)."""
+def ModelArchitecture(default: str | None = None) -> type[Schema]:
+    """A schema mixin for ``model_architecture``: one of the registered models (from any plugin).
 
-    model_architecture = RegistryName("model", load_default="le_net", metadata={
-        "description": "Model architecture: any registered model (see 'gnomon models list')."})
+    ``default`` is the plugin's choice of architecture; without one the parameter is required.
+    """
+    kwargs: dict = {"load_default": default} if default is not None else {"required": True}
+    field = RegistryName("model", metadata={
+        "description": "Model architecture: any registered model (see 'gnomon models list')."}, **kwargs)
+    return type(f"ModelArchitecture_{default or 'required'}", (Schema,), {"model_architecture": field})
 
 
 class RegisteredModel(Schema):

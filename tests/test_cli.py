@@ -41,7 +41,7 @@ def test_tasks_list_json(cli):
     result = cli("tasks", "list", "--json")
     assert result.exit_code == 0
     tasks = {t["name"]: t for t in json.loads(result.stdout)}
-    assert tasks["dataset_summary"]["plugin"] == "builtin"
+    assert tasks["dataset_summary"]["plugin"] == "builtin.utility_tasks"
 
 
 def test_tasks_show_json_schema(cli):
@@ -106,7 +106,8 @@ def test_plugins_list_shows_builtin_and_broken(cli, tmp_path):
     result = cli("plugins", "list", "--json", env={"GNOMON_PLUGIN_PATH": str(plugdir)})
     assert result.exit_code == 0
     entries = {e["name"]: e for e in json.loads(result.stdout)}
-    assert entries["builtin"]["provides"]["tasks"]
+    assert entries["builtin.training_tasks"]["provides"]["tasks"] == ["infer", "init_model", "train"]
+    assert entries["builtin.models"]["package"] == "builtin"
     assert entries["wrecked"]["broken"] and "wrecked on purpose" in entries["wrecked"]["error"]
     human = cli("plugins", "list", env={"GNOMON_PLUGIN_PATH": str(plugdir)})
     assert "wrecked" in human.output and "broken" in human.output

@@ -17,12 +17,63 @@ def plugin_dir(tmp_path, monkeypatch):
     return d
 
 
-def test_builtin_loads_through_the_same_hooks(gnomon_home):
+BUILTINS = {"builtin.utility_tasks", "builtin.models", "builtin.training_tasks", "builtin.triggers",
+            "builtin.literature_triggers", "builtin.attack_tasks", "builtin.defenses", "builtin.defense_tasks",
+            "builtin.detection_tasks", "builtin.workflows", "builtin.commands"}
+
+
+def test_builtins_are_a_list_of_ordinary_plugins(gnomon_home):
     plugins = load_plugins(environ={}, entry_points=[])
-    info = plugins.infos["builtin"]
-    assert info.source == "builtin" and not info.broken
-    assert "register_tasks" in info.hooks and "register_models" in info.hooks
-    assert plugins.registry.tasks["dataset_summary"].plugin == "builtin"
+    assert set(plugins.infos) == BUILTINS
+    for info in plugins.infos.values():
+        assert (info.source, info.package, info.broken, info.warnings) == ("builtin", "builtin", False, [])
+        assert info.module == "gnomon.plugins.builtin." + info.name.split(".", 1)[1]
+        assert len(info.hooks) == 1  # each registers one kind of thing, through the public hooks
+    assert plugins.infos["builtin.models"].hooks == ["register_models"]
+    assert plugins.registry.tasks["dataset_summary"].plugin == "builtin.utility_tasks"
+    assert plugins.registry.attacks["pattern"].plugin == "builtin.triggers"
+    # nothing in core names them: they come from the gnomon.builtin entry point of gnomon's own metadata
+    from importlib.metadata import entry_points
+
+    assert [ep.value for ep in entry_points(group="gnomon.builtin")] == ["gnomon.plugins.builtin"]
+
+
+def test_one_builtin_plugin_can_be_disabled_and_the_rest_keep_working(gnomon_home):
+    from gnomon.core.engine import Engine
+    from gnomon.core.errors import ParamValidationError
+
+    plugins = load_plugins(environ={"GNOMON_DISABLE_PLUGINS": "builtin.triggers"}, entry_points=[])
+    assert set(plugins.infos) == BUILTINS - {"builtin.triggers"}
+    assert ("builtin.triggers", "builtin", "disabled by GNOMON_DISABLE_PLUGINS") in plugins.skipped
+    registry = plugins.registry
+    assert "pattern" not in registry.attacks and "blended" in registry.attacks
+    assert {"train", "infer", "gen_poison_test_data", "spatial_smoothing"} <= set(registry.tasks)
+    engine = Engine(plugins=plugins)
+    assert engine.validate("train", {"epochs": "1"}, preflight=False)["epochs"] == 1
+    with pytest.raises(ParamValidationError) as err:
+        engine.validate("gen_poison_test_data", {"trigger": "pattern"}, preflight=False)
+    assert "trigger: must be one of the registered attacks: blended, sig, warp" in str(err.value)
+    assert engine.validate("gen_poison_test_data", {"trigger": "blended"}, preflight=False)["trigger"] == "blended"
+
+
+def test_a_third_party_plugin_package_registers_each_part(tmp_path):
+    pkg = tmp_path / "dirs" / "suite"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('GNOMON_PLUGINS = ("one", "two")\n')
+    (pkg / "helpers.py").write_text('PREFIX = "suite"\n')
+    for part in ("one", "two"):
+        (pkg / f"{part}.py").write_text(TASK_PLUGIN.format(task=f"suite_{part}", extra="").replace(
+            "from gnomon.core.hookspecs", "from .helpers import PREFIX\nfrom gnomon.core.hookspecs"))
+    plugins = load_plugins(environ={}, builtins=False, entry_points=[], plugin_path=[tmp_path / "dirs"])
+    assert set(plugins.infos) == {"suite.one", "suite.two"}
+    assert plugins.infos["suite.one"].module == "gnomon_dir_plugins.suite.one"
+    assert plugins.registry.tasks["suite_two"].plugin == "suite.two"
+    only_one = load_plugins(environ={"GNOMON_LOAD_PLUGINS": "suite.one"}, builtins=False, entry_points=[],
+                            plugin_path=[tmp_path / "dirs"])
+    assert set(only_one.infos) == {"suite.one"}
+    none = load_plugins(environ={"GNOMON_DISABLE_PLUGINS": "suite"}, builtins=False, entry_points=[],
+                        plugin_path=[tmp_path / "dirs"])
+    assert none.infos == {} and ("suite", "directory", "disabled by GNOMON_DISABLE_PLUGINS") in none.skipped
 
 
 def test_fresh_plugin_manager_each_time():
@@ -45,7 +96,7 @@ def test_allow_list_empty_means_builtins_only(plugin_dir):
     write_module(plugin_dir, "fake_a", TASK_PLUGIN.format(task="task_a", extra=""))
     eps = [FakeEntryPoint("a", "fake_a")]
     plugins = load_plugins(environ={"GNOMON_LOAD_PLUGINS": ""}, entry_points=eps)
-    assert list(plugins.infos) == ["builtin"]
+    assert set(plugins.infos) == BUILTINS
     assert ("a", "entry point", "not in GNOMON_LOAD_PLUGINS") in plugins.skipped
 
 
@@ -54,12 +105,12 @@ def test_allow_and_deny_lists(plugin_dir):
     write_module(plugin_dir, "fake_b", TASK_PLUGIN.format(task="task_b", extra=""))
     eps = [FakeEntryPoint("a", "fake_a"), FakeEntryPoint("b", "fake_b")]
     only_a = load_plugins(environ={"GNOMON_LOAD_PLUGINS": "a"}, entry_points=eps)
-    assert set(only_a.infos) == {"builtin", "a"}
+    assert set(only_a.infos) == BUILTINS | {"a"}
     no_b = load_plugins(environ={"GNOMON_DISABLE_PLUGINS": "b,builtin"}, entry_points=eps)
     assert set(no_b.infos) == {"a"}
     # the distribution name works as well as the entry-point name
     by_dist = load_plugins(environ={"GNOMON_LOAD_PLUGINS": "gnomon-b"}, entry_points=eps)
-    assert set(by_dist.infos) == {"builtin", "b"}
+    assert set(by_dist.infos) == BUILTINS | {"b"}
 
 
 def test_broken_import_is_reported_not_fatal(plugin_dir):
@@ -83,10 +134,10 @@ def test_duplicate_task_name_names_both_plugins(plugin_dir):
     write_module(plugin_dir, "fake_dup", TASK_PLUGIN.format(task="dataset_summary", extra=""))
     plugins = load_plugins(environ={}, entry_points=[FakeEntryPoint("dup", "fake_dup")])
     registry = plugins.registry
-    assert registry.tasks["dataset_summary"].plugin == "builtin"
+    assert registry.tasks["dataset_summary"].plugin == "builtin.utility_tasks"
     error = plugins.infos["dup"].error
-    assert "'builtin'" in error and "'dup'" in error and "dataset_summary" in error
-    with pytest.raises(PluginError, match="builtin"):
+    assert "'builtin.utility_tasks'" in error and "'dup'" in error and "dataset_summary" in error
+    with pytest.raises(PluginError, match="builtin.utility_tasks"):
         _ = load_plugins(environ={"GNOMON_STRICT_PLUGINS": "1"},
                          entry_points=[FakeEntryPoint("dup", "fake_dup")]).registry
 

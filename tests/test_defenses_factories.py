@@ -11,10 +11,10 @@ from gnomon.plugins.builtin import defenses
 def test_registered_as_preprocessors(gnomon_engine):
     registry = gnomon_engine.registry
     builtin = [n for n in registry.names("defense", sub_kind="preprocessor")
-               if registry.get("defense", n).plugin == "builtin"]
+               if registry.get("defense", n).plugin == "builtin.defenses"]
     assert builtin == ["gaussian_augmentation", "jpeg_compression", "spatial_smoothing"]
     for name in ("spatial_smoothing", "jpeg_compression", "gaussian_augmentation"):
-        assert registry.get("defense", name).plugin == "builtin"
+        assert registry.get("defense", name).plugin == "builtin.defenses"
         task = registry.tasks[name]
         assert task.category == "defense" and task.check is not None
 

@@ -104,3 +104,28 @@ def test_relative_imports_resolve():
     assert ("gnomon.core.models.build" in
             [t for _, t in imports_of("from .build import x", "gnomon.core.models", is_package=True)])
     assert "gnomon.core.errors" in [t for _, t in imports_of("from ..errors import E", "gnomon.core.models.refs", False)]
+
+
+def absolute_self_imports(source: str) -> list[int]:
+    """Lines where a builtin module imports the builtin package by its installed name."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and " " not in node.value:
+            names = [node.value]  # importlib.import_module("gnomon.plugins.builtin.x")
+        if any(n == "gnomon.plugins.builtin" or n.startswith("gnomon.plugins.builtin.") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_builtin_modules_import_each_other_relatively():
+    # a synced copy on a worker is gnomon_dir_plugins.builtin: an absolute self-import would load
+    # the worker's installed copy beside it (tests/test_synced_builtin_isolation.py runs it for real)
+    found = [f"{p.relative_to(REPO)}:{line}" for p in (REPO / "plugins" / "builtin").rglob("*.py")
+             if "templates" not in p.parts for line in absolute_self_imports(p.read_text())]
+    assert not found, "use relative imports inside plugins/builtin:\n" + "\n".join(found)
+    assert absolute_self_imports("def f():\n    from gnomon.plugins.builtin.models import adapt_input\n") == [2]

@@ -65,7 +65,7 @@ def test_refuses_existing_folder_and_taken_task_name(gnomon_cli, tmp_path):
 
     taken = gnomon_cli("plugins", "new", "gnomon-dataset-summary", "--dest", str(tmp_path))
     assert taken.exit_code == 1
-    assert "task 'dataset_summary' is already provided by plugin 'builtin'" in " ".join(taken.stderr.split())
+    assert "task 'dataset_summary' is already provided by plugin 'builtin.utility_tasks'" in " ".join(taken.stderr.split())
     assert not (tmp_path / "gnomon-dataset-summary").exists()
 
 

@@ -58,7 +58,7 @@ def test_list_and_show_the_builtin_demos(cli):
     assert result.exit_code == 0, result.output
     listed = {w["name"]: w for w in json.loads(result.stdout)}
     assert {"baseline", "adversarial_embedding", "clean_label"} <= set(listed)
-    assert all(w["plugin"] == "builtin" and w["steps"] >= 10 for w in listed.values())
+    assert all(w["plugin"] == "builtin.workflows" and w["steps"] >= 10 for w in listed.values())
     shown = cli("workflow", "show", "baseline", "--json")
     data = json.loads(shown.stdout)
     steps = {s["name"]: s for s in data["steps"]}

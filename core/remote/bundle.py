@@ -5,7 +5,8 @@ plugin, so an extracted bundle is something :func:`gnomon.core.plugins.load_plug
 from ``GNOMON_PLUGIN_PATH``:
 
 - a directory plugin: its ``NAME.py`` file or ``NAME/`` package, as is;
-- the builtin plugin: the ``gnomon.plugins.builtin`` package as ``builtin/``;
+- a plugin package (the builtins among them): the whole package once, as ``<package>/``, whatever
+  number of its plugins are loaded;
 - an entry-point plugin: ``NAME/_src/<top-level package>/...`` (the distribution's own code)
   plus a generated ``NAME/__init__.py`` that imports the entry point's module from ``_src``.
 
@@ -98,6 +99,8 @@ for _name in [k for k in _sys.modules if k == {top!r} or k.startswith({top!r} + 
 _target = _importlib.import_module({modname!r})
 {attr_line}
 globals().update({{k: v for k, v in vars(_target).items() if not (k.startswith("__") and k.endswith("__"))}})
+if hasattr(_target, "GNOMON_PLUGINS"):
+    __path__ = list(_target.__path__)  # a plugin package: its parts load as submodules of this one
 '''
 
 
@@ -106,13 +109,12 @@ def plugin_members(info) -> tuple[dict[str, Path], dict[str, bytes]]:
 
     ``info`` is a :class:`gnomon.core.plugins.PluginInfo`.
     """
-    from ..plugins import BUILTIN_MODULE
-
-    name = info.name
+    name = bundle_name(info)
     if info.source == "builtin":
-        spec = importlib.util.find_spec(BUILTIN_MODULE)
+        package = package_module(info)
+        spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise RemoteError(f"cannot find the files of the builtin plugin ({BUILTIN_MODULE})")
+            raise RemoteError(f"cannot find the files of the builtin plugin package ({package})")
         root = Path(list(spec.submodule_search_locations)[0])
         return _tree(root, name), {f"{name}/PLUGIN_VERSION": f"{info.version}\n".encode()}
     if info.source == "directory":
@@ -123,7 +125,7 @@ def plugin_members(info) -> tuple[dict[str, Path], dict[str, bytes]]:
             return _tree(path, name), {}
         raise RemoteError(f"plugin '{name}': its location '{path}' no longer exists")
     # entry points (and anything registered from an importable module)
-    modname, _, attr = (info.module or "").partition(":")
+    modname, _, attr = (package_module(info) or "").partition(":")
     if not modname:
         raise RemoteError(f"plugin '{name}' ({info.source}) has no module to bundle")
     top = modname.split(".")[0]
@@ -168,11 +170,22 @@ def make_tar_gz(files: dict[str, Path], generated: dict[str, bytes] | None = Non
     return out.getvalue()
 
 
+def bundle_name(info) -> str:
+    """The bundle a loaded plugin ships in: its package's name for a part of a plugin package."""
+    return info.package or info.name
+
+
+def package_module(info) -> str:
+    """The module to ship for ``info``: the package module for a part of a plugin package."""
+    module = info.module or ""
+    return module.rsplit(".", 1)[0] if info.package else module
+
+
 def build_bundle(info) -> Bundle:
-    """The deterministic bundle of one loaded plugin."""
+    """The deterministic bundle of one loaded plugin (or of the plugin package it is a part of)."""
     files, generated = plugin_members(info)
     data = make_tar_gz(files, generated)
-    return Bundle(name=info.name, version=info.version or "", source=info.source, module=info.module or "",
+    return Bundle(name=bundle_name(info), version=info.version or "", source=info.source, module=package_module(info),
                   data=data, sha256=sha256_hex(data), files=len(files) + len(generated))
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import RemoteError
-from .bundle import Bundle, build_bundle
+from .bundle import Bundle, build_bundle, bundle_name
 from .manifest import Entry, Manifest, manifest_key, new_manifest, pointer_key
 from .s3 import S3Location, is_not_found, make_client, parse_s3_url, s3_errors
 
@@ -92,7 +92,8 @@ def sync_plugins(
     started = time.perf_counter()
     location = parse_s3_url(url)
     client = client or make_client(endpoint)
-    infos = [i for i in plugins.loaded if i.source != "test"]
+    # one bundle per plugin or plugin package (the parts of a package ship together)
+    infos = list({bundle_name(i): i for i in plugins.loaded if i.source != "test"}.values())
     report = SyncReport(location=str(location), manifest_id="", dry_run=dry_run)
     report.not_synced = [(i.name, f"broken: {i.error}") for i in plugins.broken]
     bundles = build_bundles(infos)

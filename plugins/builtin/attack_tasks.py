@@ -37,9 +37,11 @@ from gnomon.core.fields import (
     RegistryName,
     current_registry,
 )
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
 
+from .conventions import DEFAULT_MODEL
 from .triggers import DEFAULT_TRIGGER, TRIGGER_KIND, TriggerError, make_trigger
 
 LABEL_TYPES = ("test", "train")
@@ -242,7 +244,7 @@ def _trigger_record(params: dict[str, Any], trigger: Any = None) -> dict[str, An
 class PoisonTestDataSchema(TaskSchema, DatasetSource("dataset_run_id", data_dir_field="data_dir",
                                                      default_split="testing", default_tar=DEFAULT_TAR,
                                                      default_name=DEFAULT_NAME),
-                           ModelArchitecture, TriggerParams, PoisonOutput):
+                           ModelArchitecture(DEFAULT_MODEL), TriggerParams, PoisonOutput):
     target_class = _target_field()
     batch_size = PositiveInt(load_default=32, metadata={"description": "Images triggered per batch."})
     poison_fraction = Fraction(load_default=1.0, metadata={
@@ -328,7 +330,7 @@ def gen_poison_test_data(ctx: Any, **params: Any) -> dict[str, Any]:
 # =======================================================================================
 
 
-class PoisonModelSchema(TaskSchema, Training, ModelArchitecture,
+class PoisonModelSchema(TaskSchema, Training, ModelArchitecture(DEFAULT_MODEL),
                         DatasetSource("training_dataset_run_id", data_dir_field="data_dir_train",
                                       default_split="training", default_tar=DEFAULT_TAR,
                                       default_name=DEFAULT_NAME),
@@ -524,7 +526,7 @@ def _triggered_copy(dataset: Any, trigger: Any, target: int, params: dict[str, A
 class PoisonCleanDataSchema(TaskSchema, DatasetSource("dataset_run_id", data_dir_field="data_dir",
                                                       default_split="training", default_tar=DEFAULT_TAR,
                                                       default_name=DEFAULT_NAME),
-                            RegisteredModel, ModelArchitecture, TriggerParams, PoisonOutput):
+                            RegisteredModel, ModelArchitecture(DEFAULT_MODEL), TriggerParams, PoisonOutput):
     target_class = _target_field()
     batch_size = PositiveInt(load_default=256, metadata={
         "description": "Images per PGD batch (larger is faster on CPU, up to memory)."})
@@ -680,6 +682,7 @@ def gen_poison_clean_data(ctx: Any, **params: Any) -> dict[str, Any]:
 # -- registration -----------------------------------------------------------------------
 
 
+@hookimpl
 def register_tasks(register) -> None:
     """Register gen_poison_test_data, gen_poison_model and gen_poison_clean_data."""
     register(Task(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from gnomon.core.hookspecs import hookimpl
+
 
 def _data_app() -> typer.Typer:
     data_app = typer.Typer(help="Obtain and inspect image datasets (MNIST, the decoded-dataset cache).",
@@ -69,6 +71,7 @@ def _data_app() -> typer.Typer:
     return data_app
 
 
+@hookimpl
 def register_commands(cli) -> None:
     """Add the ``data`` command group."""
     cli.add_typer(_data_app(), name="data")

@@ -22,9 +22,11 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from gnomon.core.fields import Bool, PositiveFloat, PositiveInt
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import BatchSize, DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
 
+from .conventions import DEFAULT_MODEL
 from .defenses import flag_problems
 
 #: Dataset artifact written by each defense task: ``<task>_dataset.tar.gz`` holding this folder.
@@ -41,7 +43,7 @@ def output_tar_name(defense: str) -> str:
 
 # -- schemas ------------------------------------------------------------------
 class _DefenseSchema(TaskSchema, DatasetSource("dataset_run_id", default_tar=DEFAULT_TAR, default_name=DEFAULT_NAME),
-                     RegisteredModel, ModelArchitecture, BatchSize):
+                     RegisteredModel, ModelArchitecture(DEFAULT_MODEL), BatchSize):
     """Parameters every defense task takes (dataset source, model, batch size, seed)."""
 
     batch_size = PositiveInt(load_default=32, metadata={
@@ -306,6 +308,7 @@ _DESCRIPTION = (
 )
 
 
+@hookimpl
 def register_tasks(register):
     """Register the three defense tasks."""
     for name, schema, summary in _TASKS:

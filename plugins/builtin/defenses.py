@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.registry import DefenseSpec
 
 #: Value ranges ART's JPEG compression understands (``clip_values`` max must be 1 or 255).
@@ -122,6 +123,7 @@ def gaussian_augmentation(sigma: float = 1.0, *, augmentation: bool = False, rat
                                 apply_fit=apply_fit, apply_predict=apply_predict)
 
 
+@hookimpl
 def register_defenses(register):
     """Register the three ART preprocessors."""
     register(DefenseSpec(name="spatial_smoothing", factory=spatial_smoothing, kind="preprocessor",

@@ -19,6 +19,7 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from gnomon.core.fields import Bool, PositiveInt
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
 
@@ -295,6 +296,7 @@ _DETECTOR_DESCRIPTION = (
     "removed) as the artifact {tar} (folder " + CLEANED_NAME + ") for a train step to retrain on.")
 
 
+@hookimpl
 def register_tasks(register):
     """Register activation_clustering, spectral_signatures, strip and neural_cleanse."""
     from . import detection_run as run

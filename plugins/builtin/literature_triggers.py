@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.registry import AttackSpec
 
 from .triggers import TRIGGER_KIND, TriggerError, _as_batch, _check_int, _describe, _restore
@@ -241,6 +242,7 @@ def warp_trigger(strength: float = 0.5, grid_size: int = 4, seed: int = 0) -> Ca
     return _describe(apply, "warp", {"strength": strength, "grid_size": grid_size, "seed": seed})
 
 
+@hookimpl
 def register_attacks(register) -> None:
     """Register the literature's triggers: blended, sig and warp."""
     register(AttackSpec(name="blended", kind=TRIGGER_KIND, factory=blended_trigger,

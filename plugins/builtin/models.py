@@ -11,6 +11,7 @@ docs/models.md lists them for MNIST (28x28x1).
 
 from __future__ import annotations
 
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.registry import ModelSpec
 
 #: Smallest spatial size each architecture works at (inputs below are resized up).
@@ -136,6 +137,7 @@ def vgg16(input_shape, n_classes):
     return _application("vgg16", input_shape, n_classes)
 
 
+@hookimpl
 def register_models(register):
     """Register the five builtin architectures."""
     register(ModelSpec("le_net", "LeNet-style CNN as in Dioptra (2 conv, max-pool, dropout, Dense128).", le_net))

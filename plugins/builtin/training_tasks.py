@@ -11,11 +11,15 @@ from typing import Any
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
 from gnomon.core.fields import Bool, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
 
-#: What train's apply_defense needs (gnomon.plugins.builtin.adversarial_training.fit_adversarial).
-ADVERSARIAL_MODULE = "gnomon.plugins.builtin.adversarial_training"
+from .conventions import ADV_TESTING_NAME, ADV_TESTING_TAR, DEFAULT_MODEL
+
+#: What train's apply_defense needs: ``fit_adversarial`` of this sibling module (imported relatively,
+#: so a synced copy on a worker uses its own sibling, not the worker's installed one).
+ADVERSARIAL_MODULE = "adversarial_training"
 
 #: Weight files Keras would download for ``weights=imagenet`` (looked for in the Keras cache).
 IMAGENET_FILES = {
@@ -31,14 +35,14 @@ def fit_adversarial_available() -> Any:
     import importlib
 
     try:
-        module = importlib.import_module(ADVERSARIAL_MODULE)
+        module = importlib.import_module(f".{ADVERSARIAL_MODULE}", __package__)
     except ImportError:
         return None
     return getattr(module, "fit_adversarial", None)
 
 
 # -- schemas ----------------------------------------------------------------
-class TrainSchema(TaskSchema, ModelArchitecture, Training,
+class TrainSchema(TaskSchema, ModelArchitecture(DEFAULT_MODEL), Training,
                   DatasetSource("training_dataset_run_id", data_dir_field="data_dir_train", default_split="training",
                                 default_tar="adversarial_poison.tar.gz", default_name="adv_poison_data")):
     """Parameters of ``train``."""
@@ -73,7 +77,8 @@ class TrainSchema(TaskSchema, ModelArchitecture, Training,
                 "apply_defense")
 
 
-class InferSchema(TaskSchema, RegisteredModel, DatasetSource("run_id")):
+class InferSchema(TaskSchema, RegisteredModel, DatasetSource("run_id", default_tar=ADV_TESTING_TAR,
+                                                              default_name=ADV_TESTING_NAME)):
     """Parameters of ``infer``."""
 
     load_dataset_from_mlruns = Bool(load_default=None, allow_none=True, metadata={
@@ -362,7 +367,7 @@ def build_pretrained(architecture: str, input_shape, *, weights: str, image_size
     import numpy as np
     from keras import layers
 
-    from gnomon.plugins.builtin.models import adapt_input
+    from .models import adapt_input
 
     inputs, x = adapt_input(input_shape, 32)
     if tuple(x.shape[1:3]) != (image_size, image_size):
@@ -417,6 +422,7 @@ def init_model(ctx, **p) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k in ("model_name", "model_version", "model_uri")}
 
 
+@hookimpl
 def register_tasks(register):
     """Register train, infer and init_model."""
     register(Task(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from gnomon.core.errors import GnomonError
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.registry import AttackSpec
 
 if TYPE_CHECKING:  # numpy is imported where it is used: listing tasks stays cheap
@@ -298,6 +299,7 @@ def make_trigger(registry: Any, name: str, options: dict[str, Any] | None = None
     return fn
 
 
+@hookimpl
 def register_attacks(register) -> None:
     """Register the builtin triggers: pattern (default), single_pixel and image."""
     register(AttackSpec(name="pattern", kind=TRIGGER_KIND, factory=pattern_trigger,

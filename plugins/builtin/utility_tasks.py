@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
 
+from .conventions import ADV_TESTING_NAME, ADV_TESTING_TAR
 
-class DatasetSummarySchema(TaskSchema, DatasetSource("dataset_run_id", default_split="testing")):
+
+class DatasetSummarySchema(TaskSchema, DatasetSource("dataset_run_id", default_split="testing",
+                                                      default_tar=ADV_TESTING_TAR, default_name=ADV_TESTING_NAME)):
     """``data_dir`` (default: MNIST testing) or a dataset artifact of another run."""
 
 
@@ -41,6 +45,7 @@ def _check(engine, params):
     return check_dataset_source(engine, params, run_id_field="dataset_run_id")
 
 
+@hookimpl
 def register_tasks(register):
     register(Task(name="dataset_summary",
                   summary="Count images per class and record pixel statistics (folder or dataset artifact).",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gnomon.core.hookspecs import hookimpl
+
 WORKFLOW_DIR = Path(__file__).resolve().parent / "workflow_files"
 
 #: The shipped workflows, in the order the seed presents its demos.
@@ -23,6 +25,7 @@ def workflow_path(name: str) -> Path:
     return WORKFLOW_DIR / f"{name}.toml"
 
 
+@hookimpl
 def register_workflows(register):
     """Register the shipped workflow files."""
     for name in WORKFLOWS:

@@ -29,7 +29,8 @@ NORMS = ("inf", "1", "2")
 ADV_TAR_NAME, ADV_DATA_DIR = "testing_adversarial_fgm.tar.gz", "adv_testing"
 
 
-class FgmSchema(TaskSchema, DatasetSource("dataset_run_id"), RegisteredModel):
+class FgmSchema(TaskSchema, DatasetSource("dataset_run_id", default_tar="testing_adversarial.tar",
+                                          default_name="adv_testing"), RegisteredModel):
     """Parameters of ``fgm``: dataset source, ``model``, attack options, output artifact, ``seed``."""
 
     model_architecture = RegistryName("model", load_default=None, allow_none=True, metadata={
