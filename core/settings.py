@@ -36,8 +36,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("GNOMON_VERBOSE", "off", "switch: keep TensorFlow's start-up lines and the libraries' warnings on the "
                                      "console (`gnomon --verbose`)"),
     Setting("GNOMON_LOAD_PLUGINS", "(unset: all)",
-            "comma-separated allow-list of non-builtin plugins; set but empty = builtins only"),
-    Setting("GNOMON_DISABLE_PLUGINS", "", "comma-separated deny-list (may name `builtin`)"),
+            "comma-separated allow-list of non-builtin plugins (a package name allows all its parts, "
+            "`pkg.part` one); set but empty = builtins only"),
+    Setting("GNOMON_DISABLE_PLUGINS", "", "comma-separated deny-list: a plugin, a package (`builtin`: every "
+                                          "builtin) or one part of it (`builtin.triggers`)"),
     Setting("GNOMON_PLUGIN_PATH", "", "`:`-separated plugin directories (`*.py` files or packages)"),
     Setting("GNOMON_STRICT_PLUGINS", "off", "switch: a broken plugin is fatal instead of reported"),
     Setting("GNOMON_TRACE_PLUGINS", "off", "switch: trace every hook call to stderr"),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import gnomon.plugins.builtin as builtin
 from gnomon.core.plugins import load_plugins
 from gnomon.core.remote import IntegrityError, RemoteError
 from gnomon.core.remote.bundle import build_bundle, extract_bundle, make_tar_gz, sha256_hex
@@ -216,8 +217,10 @@ def test_pull_fetches_only_changes_and_loads_exactly_the_synced_plugins(tmp_path
     first = pull(url, cache)
     assert sorted(n for n, _ in first.fetched) == ["builtin", "dirplug", "remote_demo"] and first.changed
     loaded = load_synced_plugins(cache / "active")
-    assert {i.name: i.source for i in loaded.infos.values()} == {
-        "builtin": "directory", "dirplug": "directory", "remote_demo": "directory"}
+    sources = {i.name: i.source for i in loaded.infos.values()}
+    assert sources.pop("dirplug") == sources.pop("remote_demo") == "directory"
+    # the builtin package arrives whole and splits into its plugins again on the worker
+    assert set(sources) == {f"builtin.{p}" for p in builtin.GNOMON_PLUGINS} and set(sources.values()) == {"directory"}
     assert not loaded.broken
     assert {"remote_demo", "dirplug_task", "dataset_summary"} <= set(loaded.registry.tasks)
     assert str(cache) in sys.modules["gnomon_remote_demo.plugin"].__file__

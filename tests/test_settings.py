@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 # contrib plugins are separate distributions: their variables are their own
 SOURCES = [p for folder in ("core", "cli", "plugins/builtin") for p in (REPO / folder).rglob("*.py")
            if ".venv" not in p.parts and "templates" not in p.parts and "tests" not in p.parts]
-# GNOMON_HOOK_API is a module attribute plugins declare, not an environment variable
-NOT_SETTINGS = {"GNOMON_HOOK_API"}
+# module attributes plugins declare, not environment variables
+NOT_SETTINGS = {"GNOMON_HOOK_API", "GNOMON_PLUGINS"}
 
 
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", " yes ", "On"])
