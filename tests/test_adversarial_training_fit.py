@@ -56,14 +56,16 @@ def test_pgd_training_makes_tiny_model_more_robust(sample):
 
     x, yo, xt, yto, yt = sample
     eps = 0.1
+    # 4 epochs of 4-step PGD: margins measured 0.37 (robust accuracy gain) and 0.39 (loss ratio); 5 x 7
+    # gave 0.42 and 0.36 for twice the time
     plain = _tiny_model()
-    plain.fit(x, yo, epochs=5, batch_size=32, verbose=0)
+    plain.fit(x, yo, epochs=4, batch_size=32, verbose=0)
     robust = _tiny_model()
-    history = fit_adversarial(_ctx(), robust, x, yo, eps=eps, eps_step=eps / 4, max_iter=7, ratio=1.0,
-                              epochs=5, batch_size=32, validation_data=(xt[:100], yto[:100]))
+    history = fit_adversarial(_ctx(), robust, x, yo, eps=eps, eps_step=eps / 4, max_iter=4, ratio=1.0,
+                              epochs=4, batch_size=32, validation_data=(xt[:100], yto[:100]))
 
     adv = history["adversarial_loss"]
-    assert len(adv) == 5 and adv[-1] < 0.6 * adv[0]
+    assert len(adv) == 4 and adv[-1] < 0.6 * adv[0]
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     xt, yto, yt = xt[:200], yto[:200], yt[:200]
     plain_robust = _pgd_accuracy(plain, xt, yto, yt, eps)
