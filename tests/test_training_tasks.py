@@ -122,13 +122,7 @@ def test_fractional_epoch_and_seed_change_results(gnomon_engine):
     assert a.metrics["loss"] != b.metrics["loss"]
 
 
-@pytest.mark.slow
-def test_apply_defense_trains_with_pgd(gnomon_engine):
-    result = gnomon_engine.run("train", {"model_architecture": "shallow_net", "epochs": 0.2, "batch_size": 100,
-                                         "apply_defense": True, "pgd_max_iter": 2, "pgd_eps": 0.1,
-                                         "pgd_eps_step": 0.05, "validation_split": 0.1})
-    assert result.status == "FINISHED"
-    assert "train_adversarial_loss" in result.metrics and "val_accuracy" in result.metrics
+# train with apply_defense=true (PGD adversarial training) end to end: test_adversarial_training_train.py
 
 
 def test_apply_defense_refused_when_adversarial_training_is_missing(gnomon_engine, monkeypatch):
