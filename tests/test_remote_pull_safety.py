@@ -4,7 +4,7 @@
 Against a real SeaweedFS S3: hostile manifests (a 64-character relative "sha256", ids and names
 with '../' or '/', uppercase digests) are refused with a clear error and nothing left behind; a
 planted store folder is not trusted; the temporary folder of a SIGKILLed pull is removed by the
-next pull; and dozens of concurrent pull processes, while new versions are synced and prune runs
+next pull; and a dozen concurrent pull processes, while new versions are synced and prune runs
 with keep=1, never see a broken link or a missing plugin.
 """
 
@@ -185,12 +185,17 @@ def test_the_tmp_folder_of_a_killed_pull_is_removed_by_the_next_pull(tmp_path, s
 
 
 CONCURRENT_PULL = r"""
-import inspect, json, os, random, sys
+import inspect, json, os, random, sys, time
 from pathlib import Path
 from gnomon.core.remote.pull import pull
 
 url, cache, versions, rounds, seed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+barrier = Path(sys.argv[6])
 rng = random.Random(seed)
+# start pulling together with the others (and the syncs), not one interpreter start-up after another
+(barrier / f"ready-{seed}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.01)
 kwargs = {"keep_sets": 1}
 if "prune_grace_s" in inspect.signature(pull).parameters:
     kwargs["prune_grace_s"] = 0      # prune as hard as possible: only pins and the active set protect
@@ -226,14 +231,26 @@ def test_many_concurrent_pulls_into_one_cache_never_break_a_set(tmp_path, s3_env
         make_dir_plugin(plugins_dir, value=value)
         versions.append(sync_plugins(plugin_set(plugins_dir, builtins=False), url).manifest_id)
     cache = tmp_path / "cache"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     env = {**os.environ, **s3_env.env()}
-    n, rounds = 32, 4
+    # 12 processes on a 2-core machine already interleave every step of a pull (most of a pull waits on
+    # S3); more processes mostly add interpreter start-ups. They start pulling together, after their
+    # imports, and each pulls 8 times: 96 pulls while three more versions are synced.
+    n, rounds = 12, 8
     procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_PULL, url, str(cache), json.dumps(versions),
-                               str(rounds), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for i in range(n)]
+                               str(rounds), str(i), str(barrier)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for i in range(n)]
+    deadline = time.monotonic() + 300
+    while len(list(barrier.glob("ready-*"))) < n:
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, dead[0].communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the pull processes did not start"
+        time.sleep(0.05)
+    (barrier / "go").touch()
     # while they run, new versions appear (so "latest" moves and prune has old sets to remove)
     for value in (3.0, 4.0, 5.0):
-        time.sleep(1.5)
+        time.sleep(0.3)
         make_dir_plugin(plugins_dir, value=value)
         make_dir_plugin(plugins_dir, name="second", value=value, task="second_task")
         sync_plugins(plugin_set(plugins_dir, builtins=False), url)
