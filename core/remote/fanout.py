@@ -16,9 +16,9 @@ map (``meta``), the set of finished steps (``:done``) and how the workflow ended
 written once with SET NX: ``finished``, ``failed`` or ``canceled``). The step that completes the
 set enqueues one last job that closes the parent run and builds the report.
 
-The scheduler works on a validated :class:`~gnomon.core.workflows.plan.Plan`: concrete steps
-(matrix steps already expanded) with their dependencies and content keys, so anything that
-expands into such a plan fans out the same way.
+The jobs are built and enqueued by :mod:`.schedule` from validated
+:class:`~gnomon.core.workflows.plan.Plan` s (one job per step here; one per content key across a
+sweep's combinations in :mod:`.sweepfanout`), so anything that expands into plans fans out the same way.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from . import RemoteError
+from .schedule import enqueue_jobs, step_jobs
 
-STEP_FUNCTION = "gnomon.core.remote.stepjob.run_step"
 FINISH_FUNCTION = "gnomon.core.remote.stepjob.finish_workflow"
 KEY_PREFIX = "gnomon:workflow:"
 DEFAULT_STEP_RETRIES = 2
@@ -119,53 +118,37 @@ def submit_workflow(engine, connection, plan, *, queue_name: str, manifest_id: s
         retries: how many times a step whose worker died is re-run (a step whose task raised is not).
         resume: a step whose content key matches a finished run in the experiment reuses that run.
     """
-    from .jobs import RESULT_TTL, queue
-
     shared_tracking_uri(engine)
-    ttl = result_ttl or RESULT_TTL
-    workflow = plan.workflow
     run_id = _create_parent_run(engine, plan, queue_name, resume)
-    job_ids = {p.name: uuid.uuid4().hex for p in plan.steps}
-    record = {"workflow": workflow.name, "queue": queue_name, "experiment": engine.experiment,
-              "manifest": manifest_id, "submitted_at": time.time(), "order": [p.name for p in plan.steps],
-              "jobs": job_ids, "retries": retries}
-    connection.set(record_key(run_id), json.dumps(record), ex=ttl)
-    q = queue(connection, queue_name)
+    jobs = step_jobs([(run_id, plan)], lambda planned: planned.name)
+    return submit_jobs(engine, connection, run_id, jobs, workflow=plan.workflow.name, queue_name=queue_name,
+                       manifest_id=manifest_id, plugins_url=plugins_url, retries=retries, timeout=timeout,
+                       resume=resume, result_ttl=result_ttl)
+
+
+def submit_jobs(engine, connection, run_id: str, jobs, *, workflow: str, queue_name: str, manifest_id: str | None,
+                plugins_url: str | None, retries: int, timeout: int | None, resume: bool,
+                result_ttl: int | None = None, record: dict[str, Any] | None = None, what: str = "workflow") -> Submission:
+    """Enqueue :func:`~.schedule.step_jobs`'s ``jobs`` under ``run_id``; on any error cancel what was
+    enqueued, end the runs FAILED and raise :class:`FanoutError`."""
+    from .jobs import RESULT_TTL
+
     try:
-        for planned in plan.steps:  # run order: every dependency's job exists before its dependents'
-            _enqueue_step(q, planned, job_ids, run_id, workflow.name, plan.variables, len(plan.steps),
-                          engine.experiment, manifest_id, plugins_url, resume, timeout, ttl, retries)
+        job_ids = enqueue_jobs(connection, run_id, jobs, workflow=workflow, queue_name=queue_name,
+                               experiment=engine.experiment, manifest_id=manifest_id, plugins_url=plugins_url,
+                               retries=retries, timeout=timeout, resume=resume, ttl=result_ttl or RESULT_TTL,
+                               record=record)
     except Exception as exc:
-        cancel_workflow(connection, run_id, reason=f"submission failed: {type(exc).__name__}: {exc}",
-                        status="FAILED", engine=engine)
-        raise FanoutError(f"could not enqueue workflow '{workflow.name}': {type(exc).__name__}: {exc}") from exc
-    return Submission(run_id=run_id, workflow=workflow.name, queue=queue_name, experiment=engine.experiment,
+        try:
+            cancel_workflow(connection, run_id, reason=f"submission failed: {type(exc).__name__}: {exc}",
+                            status="FAILED", engine=engine)
+        except FanoutError:  # the record itself was not written: end the runs here
+            for child in (record or {}).get("combinations", []):
+                end_parent_run(child["run_id"], "FAILED", f"{what} submission failed", engine=engine)
+            end_parent_run(run_id, "FAILED", f"submission failed: {type(exc).__name__}: {exc}", engine=engine)
+        raise FanoutError(f"could not enqueue {what} '{workflow}': {type(exc).__name__}: {exc}") from exc
+    return Submission(run_id=run_id, workflow=workflow, queue=queue_name, experiment=engine.experiment,
                       jobs=job_ids, manifest=manifest_id)
-
-
-def _enqueue_step(q, planned, job_ids: dict[str, str], run_id: str, workflow: str,
-                  variables: dict[str, Any], total: int, experiment: str, manifest_id: str | None,
-                  plugins_url: str | None, resume: bool, timeout: int | None, ttl: int, retries: int):
-    from rq import Callback, Retry
-
-    step = planned.step
-    meta = {"kind": "step", "task": step.task, "step": step.name, "workflow": workflow, "workflow_run": run_id,
-            "params": step.params, "key": planned.key, "manifest": manifest_id, "plugins_url": plugins_url, "experiment": experiment,
-            "submitted_at": time.time(), "retries": retries}
-    return q.enqueue(
-        STEP_FUNCTION,
-        kwargs={"parent_run_id": run_id, "step": {**planned.to_dict(), "index": step.index},
-                "variables": variables, "total": total,
-                "workflow": workflow, "experiment": experiment, "manifest_id": manifest_id, "resume": resume},
-        job_id=job_ids[step.name],
-        depends_on=[job_ids[d] for d in planned.depends_on] or None,
-        job_timeout=timeout if timeout else -1, result_ttl=ttl, failure_ttl=ttl,
-        retry=Retry(max=retries) if retries > 0 else None,
-        description=f"gnomon step {workflow}/{step.name} ({step.task})",
-        on_failure=Callback("gnomon.core.remote.stepjob.on_step_failure"),
-        on_stopped=Callback("gnomon.core.remote.stepjob.on_step_stopped"),
-        meta=meta,
-    )
 
 
 def _create_parent_run(engine, plan, queue_name: str, resume: bool, *, extra_tags: dict[str, str] | None = None,

@@ -4,7 +4,7 @@
 it depends on from the parent's ``gnomon.step.NAME.run_id`` tags and their outputs from those
 runs' tags, resolves its parameters exactly like the in-process runner, runs its task as a run
 tagged as the parent's child, and records its run id on the parent. The step that completes
-the workflow enqueues :func:`finish_workflow`.
+the workflow (or sweep: :mod:`.sweepfanout`) enqueues :func:`finish_workflow`.
 
 Failures: a task that raises fails its job for good (no retry: it would raise again) and ends
 the workflow FAILED, cancelling the steps still waiting. A job whose worker died is retried
@@ -31,15 +31,19 @@ from .fanout import (
 )
 from .worker import _current_job, _save, job_engine, mark_runs_failed
 
+#: the step statuses counted on a closed workflow run (metrics ``steps_ran`` ...)
+STEP_COUNTS = ("ran", "cached", "shared")
+
 
 def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any], total: int, workflow: str,
              experiment: str | None = None, manifest_id: str | None = None, resume: bool = False,
-             sweep: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one step (called by RQ in the work horse); returns its outcome as a dict.
+             fanout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one step's job (called by RQ in the work horse); returns its outcome as a dict.
 
-    ``sweep`` (a sweep's key job, :mod:`.sweepfanout`): ``run_id`` of the sweep, ``member`` (this job's
-    name in its record) and ``consumers`` (``[{run, name}]``: every combination's workflow run using
-    this step, the first being ``parent_run_id``); the run is recorded on all of them."""
+    ``fanout`` (:mod:`.schedule`): ``run_id`` of the run the jobs end with (the workflow's parent run, or
+    the sweep run), ``member`` (this job's name in its record) and ``consumers`` (``[{run, name}]``: every
+    workflow run using this step, the first being ``parent_run_id``); the run is recorded on all of them.
+    Without it the job is the step ``step['name']`` of ``parent_run_id`` alone."""
     from mlflow.entities import RunTag
 
     from ..errors import GnomonError, TaskFailedError
@@ -52,9 +56,9 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
     name = step["name"]
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
     _save(job, function_started_at=time.time(), attempts=attempts, worker=job.worker_name if job else None)
-    control = sweep["run_id"] if sweep else parent_run_id  # the Redis record and the run that ends on failure
-    consumers = sweep["consumers"] if sweep else [{"run": parent_run_id, "name": name}]
-    member = sweep["member"] if sweep else name
+    fanout = fanout or {"run_id": parent_run_id, "member": name, "consumers": [{"run": parent_run_id, "name": name}]}
+    control = fanout["run_id"]  # the Redis record, and the run that ends on failure
+    consumers, member = fanout["consumers"], fanout["member"]
     if connection is not None and ended(connection, control):
         return _skipped(job, name, ended(connection, control))
     engine = job_engine(job, manifest_id, experiment, needs=step["task"])
@@ -75,9 +79,9 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
         if run.info.status == "FINISHED":
             outcome = StepOutcome(name=name, task=spec.task, status="cached", run_id=prior, cache_key=key,
                                   outputs=outputs_from_tags(run.data.tags), report=dict(spec.report))
-            if sweep:  # the earlier attempt may have died between recording on one combination and the next
+            if len(consumers) > 1:  # the earlier attempt may have died between recording on one run and the next
                 _record_all(client, consumers, prior, ptags.get(f"gnomon.step.{tag_name(name)}.status"), RunTag)
-            return _finished(job, connection, control, outcome, total, member, sweep is not None)
+            return _finished(job, connection, control, outcome, total, member)
     done: dict[str, StepOutcome] = {}
     for dep in step["depends_on"]:
         dep_run = ptags.get(f"gnomon.step.{tag_name(dep)}.run_id")
@@ -103,7 +107,7 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
                                   cache_key=key, params=values, outputs=outputs_from_tags(cached.data.tags),
                                   metrics=dict(cached.data.metrics), inputs=inputs, report=dict(spec.report))
             _record_all(client, consumers, outcome.run_id, "cached", RunTag)
-            return _finished(job, connection, control, outcome, total, member, sweep is not None)
+            return _finished(job, connection, control, outcome, total, member)
     tags = {STEP_TAG: name, WORKFLOW_TAG: workflow, CACHE_TAG: key, "mlflow.parentRunId": parent_run_id,
             "gnomon.workflow.run_id": parent_run_id, "gnomon.job_id": job.id if job else "",
             "gnomon.queue": job.origin if job else "",
@@ -118,7 +122,7 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
     outcome = StepOutcome(name=name, task=task.name, status="ran", run_id=result.run_id, cache_key=key,
                           params=values, outputs=dict(result.outputs), metrics=dict(result.metrics), inputs=inputs,
                           duration_s=result.duration_s, report=dict(spec.report))
-    return _finished(job, connection, control, outcome, total, member, sweep is not None)
+    return _finished(job, connection, control, outcome, total, member)
 
 
 def _record_all(client, consumers: list[dict[str, str]], run_id: str | None, status: str, RunTag) -> None:
@@ -141,48 +145,40 @@ def _skipped(job, name: str, why: str | None) -> dict[str, Any]:
     return {"name": name, "status": "skipped", "reason": f"the workflow has ended ({why})"}
 
 
-def _finished(job, connection, parent_run_id: str, outcome, total: int, member: str | None = None,
-              sweep: bool = False) -> dict[str, Any]:
-    """Record the outcome; the step that completes the workflow (or sweep) enqueues the job that closes it."""
+def _finished(job, connection, control_run_id: str, outcome, total: int, member: str) -> dict[str, Any]:
+    """Record the outcome; the job that completes the workflow (or sweep) enqueues the job that closes it."""
     _save(job, run_id=outcome.run_id, outcome=outcome.status, error=None)
     if connection is not None:
         with connection.pipeline() as pipe:
-            pipe.sadd(done_key(parent_run_id), member or outcome.name)
-            pipe.expire(done_key(parent_run_id), 7 * 24 * 3600)
-            pipe.scard(done_key(parent_run_id))
+            pipe.sadd(done_key(control_run_id), member)
+            pipe.expire(done_key(control_run_id), 7 * 24 * 3600)
+            pipe.scard(done_key(control_run_id))
             count = pipe.execute()[-1]
-        if count >= total and connection.set(done_key(parent_run_id) + ":finisher", "1", nx=True,
+        if count >= total and connection.set(done_key(control_run_id) + ":finisher", "1", nx=True,
                                              ex=7 * 24 * 3600):
-            _enqueue_finisher(job, parent_run_id, sweep)
+            _enqueue_finisher(job, control_run_id)
     return outcome.to_dict()
 
 
-def _enqueue_finisher(job, parent_run_id: str, sweep: bool = False) -> None:
+def _enqueue_finisher(job, control_run_id: str) -> None:
     from .jobs import RESULT_TTL, queue
 
-    q = queue(job.connection, job.origin)
-    if sweep:
-        q.enqueue("gnomon.core.remote.sweepfanout.finish_sweep",
-                  kwargs={"sweep_run_id": parent_run_id, "experiment": job.meta.get("experiment"),
-                          "manifest_id": job.meta.get("manifest")},
-                  job_timeout=-1, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, at_front=True,
-                  description=f"gnomon finish sweep {job.meta.get('workflow')} ({parent_run_id})",
-                  meta={"kind": "finish", "task": job.meta.get("workflow"), "workflow_run": parent_run_id,
-                        "experiment": job.meta.get("experiment")})
-        return
-    q.enqueue(FINISH_FUNCTION, kwargs={"parent_run_id": parent_run_id,
-                                       "experiment": job.meta.get("experiment"),
-                                       "manifest_id": job.meta.get("manifest")},
-              job_timeout=-1, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, at_front=True,
-              description=f"gnomon finish workflow {job.meta.get('workflow')} ({parent_run_id})",
-              meta={"kind": "finish", "task": job.meta.get("workflow"), "workflow_run": parent_run_id,
-                    "experiment": job.meta.get("experiment")})
+    queue(job.connection, job.origin).enqueue(
+        FINISH_FUNCTION, kwargs={"parent_run_id": control_run_id, "experiment": job.meta.get("experiment"),
+                                 "manifest_id": job.meta.get("manifest")},
+        job_timeout=-1, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, at_front=True,
+        description=f"gnomon finish workflow {job.meta.get('workflow')} ({control_run_id})",
+        meta={"kind": "finish", "task": job.meta.get("workflow"), "workflow_run": control_run_id,
+              "experiment": job.meta.get("experiment")})
 
 
 def finish_workflow(parent_run_id: str, experiment: str | None = None,
                     manifest_id: str | None = None) -> dict[str, Any]:
-    """Close a workflow whose steps have all finished: metrics and ``workflow/steps.json`` on the parent
-    run, status FINISHED, then the report (logged on the parent run like a local run's)."""
+    """Close a workflow (or sweep) whose jobs have all finished.
+
+    A workflow: metrics and ``workflow/steps.json`` on its parent run, status FINISHED, then its report.
+    A sweep: the same on every combination's workflow run, then the sweep run (metrics, FINISHED) and
+    its leaderboard. Both are logged like a local run's."""
     from mlflow.entities import Metric
 
     from .jobs import RESULT_TTL
@@ -194,32 +190,59 @@ def finish_workflow(parent_run_id: str, experiment: str | None = None,
         return {"run_id": parent_run_id, "status": ended(connection, parent_run_id)}
     engine = job_engine(job, manifest_id, experiment)
     client = engine.mlflow_client()
-    from ..workflows.cache import tag_name
-
-    tags = client.get_run(parent_run_id).data.tags
-    steps = [{"name": n, "status": tags.get(f"gnomon.step.{tag_name(n)}.status", "not run"),
-              "run_id": tags.get(f"gnomon.step.{tag_name(n)}.run_id") or None, "job": record["jobs"][n]}
-             for n in record["order"]]
     wall = time.time() - record["submitted_at"]
     now = int(time.time() * 1000)
-    client.log_batch(parent_run_id, metrics=[
-        Metric("gnomon_wall_time_s", wall, now, 0),
-        Metric("steps_ran", sum(s["status"] == "ran" for s in steps), now, 0),
-        Metric("steps_cached", sum(s["status"] == "cached" for s in steps), now, 0),
-        Metric("steps_shared", sum(s["status"] == "shared" for s in steps), now, 0)])
-    client.log_dict(parent_run_id, {"steps": steps}, "workflow/steps.json")
-    client.set_terminated(parent_run_id, status="FINISHED")
-    report = None
-    try:
-        from ..workflows.report import build_report
+    result: dict[str, Any] = {"run_id": parent_run_id, "status": "FINISHED", "wall_time_s": round(wall, 3)}
+    sweep = bool(record.get("sweep"))
+    if sweep:
+        totals = dict.fromkeys(STEP_COUNTS, 0)
+        for combo in record["combinations"]:
+            for k, n in _close_run(client, combo["run_id"], combo["steps"], now).items():
+                totals[k] += n
+        client.log_batch(parent_run_id, metrics=[Metric("gnomon_wall_time_s", wall, now, 0),
+                                                 *(Metric(f"steps_{k}", n, now, 0) for k, n in totals.items())])
+        client.set_terminated(parent_run_id, status="FINISHED")
+        result.update(totals)
+    else:
+        _close_run(client, parent_run_id, record["order"], now, jobs=record["jobs"],
+                   metrics=[Metric("gnomon_wall_time_s", wall, now, 0)])
+    what = "leaderboard" if sweep else "report"
+    result[what] = None
+    try:  # the runs are done; a report problem must not lose them
+        if sweep:
+            from ..workflows.leaderboard import build_leaderboard
 
-        report = build_report(engine, parent_run_id, log=True)
-    except Exception as exc:  # the steps are done; a report problem must not lose them
-        _save(job, error=redact(f"report not built: {type(exc).__name__}: {exc}"))
+            built = build_leaderboard(engine, parent_run_id, log=True)
+            result[what] = built is not None
+        else:
+            from ..workflows.report import build_report
+
+            built = build_report(engine, parent_run_id, log=True)
+            result[what] = str(built.artifact_uri) if built is not None else None
+    except Exception as exc:
+        _save(job, error=redact(f"{what} not built: {type(exc).__name__}: {exc}"))
     connection.set(closed_key(parent_run_id), "1", ex=RESULT_TTL)
     _save(job, run_id=parent_run_id)
-    return {"run_id": parent_run_id, "status": "FINISHED", "wall_time_s": round(wall, 3),
-            "report": str(report.artifact_uri) if report is not None else None}
+    return result
+
+
+def _close_run(client, run_id: str, names: list[str], now: int, *, jobs: dict[str, str] | None = None,
+               metrics: list | None = None) -> dict[str, int]:
+    """End one workflow run FINISHED: its step counts (and ``metrics``) and ``workflow/steps.json``
+    from the step tags its jobs recorded; returns the counts."""
+    from mlflow.entities import Metric
+
+    from ..workflows.cache import tag_name
+
+    tags = client.get_run(run_id).data.tags
+    steps = [{"name": n, "status": tags.get(f"gnomon.step.{tag_name(n)}.status", "not run"),
+              "run_id": tags.get(f"gnomon.step.{tag_name(n)}.run_id") or None,
+              **({"job": jobs[n]} if jobs else {})} for n in names]
+    counts = {k: sum(s["status"] == k for s in steps) for k in STEP_COUNTS}
+    client.log_batch(run_id, metrics=[*(metrics or []), *(Metric(f"steps_{k}", n, now, 0) for k, n in counts.items())])
+    client.log_dict(run_id, {"steps": steps}, "workflow/steps.json")
+    client.set_terminated(run_id, status="FINISHED")
+    return counts
 
 
 def on_step_failure(job, connection, exc_type, exc_value, tb) -> None:
