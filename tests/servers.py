@@ -208,7 +208,7 @@ class MlflowServer(_Server):
         self._spawn([binary, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                      "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                      "--artifacts-destination", f"s3://{self.s3.bucket}/{self.prefix}"], env=env, cwd=self.root)
-        _wait(self._ready, "mlflow server", self.proc, self.log, timeout=120)
+        _wait(self._ready, "mlflow server", self.proc, self.log, timeout=300)  # its imports crawl on a loaded machine
         return self
 
     @property
@@ -226,7 +226,12 @@ _running: dict[str, _Server] = {}
 def _shared(request, name: str, make):
     server = _running.get(name)
     if server is None or server.proc is None or server.proc.poll() is not None:
-        server = make().start()
+        server = make()
+        try:
+            server.start()
+        except BaseException:  # a server that never became ready must not outlive the session
+            server.stop()
+            raise
         _running[name] = server
         request.config.add_cleanup(server.stop)
     return server

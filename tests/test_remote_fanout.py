@@ -23,6 +23,8 @@ from test_remote_jobs import Worker, _cli, _env  # noqa: E402
 
 pytestmark = pytest.mark.servers
 FAST = ("--heartbeat", "1", "--abandoned-after", "2", "--maintenance-interval", "1")
+#: the shipped MNIST sample: the only MNIST a TensorFlow step on a worker (or the submitter's check) may read
+MNIST_SAMPLE = str(Path(__file__).parent / "data" / "mnist_sample")
 
 DIAMOND = """
 [workflow]
@@ -68,13 +70,14 @@ def stack(tmp_path_factory, s3_server, redis_server, mlflow_server):
     site = write_demo_plugin(root / "site", marker="v1")
     url = f"s3://{s3_server.bucket}/fanout-{uuid.uuid4().hex[:6]}"
     submit_env = _env(s3_server, root / "submitter", PYTHONPATH=str(site), MLFLOW_TRACKING_URI=mlflow_server.url,
-                      GNOMON_REDIS_URL=redis_server.url, GNOMON_PLUGINS_URL=url)
+                      GNOMON_REDIS_URL=redis_server.url, GNOMON_PLUGINS_URL=url, GNOMON_MNIST_SOURCE=MNIST_SAMPLE)
     synced = _cli(["plugins", "sync", url, "--json"], submit_env)
     assert synced.returncode == 0, synced.stderr
     queue = f"fan-{uuid.uuid4().hex[:6]}"
     workers = []
     for name in ("w1", "w2"):
-        env = _env(s3_server, root / f"{name}-home", MLFLOW_TRACKING_URI=mlflow_server.url)
+        env = _env(s3_server, root / f"{name}-home", MLFLOW_TRACKING_URI=mlflow_server.url,
+                   GNOMON_MNIST_SOURCE=MNIST_SAMPLE)
         workers.append(Worker(root / name, env, redis_server.url, queue, url, "--name",
                               f"{name}-{queue}", *FAST))
     for w in workers:
@@ -131,7 +134,8 @@ def _wait_started(stack, run_id: str, step: str, timeout: float = 60) -> dict:
     while True:
         info = _status_api(stack, run_id)
         entry = next(s for s in info["steps"] if s["step"] == step)
-        if entry["status"] == "started" and _step_runs(stack, run_id).get(step):
+        runs = _step_runs(stack, run_id).get(step)
+        if entry["status"] == "started" and runs and runs[0].info.status == "RUNNING":
             return entry
         assert time.monotonic() < deadline, f"step {step} did not start: {info}"
         time.sleep(0.2)
@@ -200,23 +204,8 @@ params = { n = 3, seed = 2, sleep_s = 6, offset = "${steps.first.outputs.total}"
 task = "remote_demo"
 params = { n = 3, seed = 3, offset = "${steps.slow.outputs.total}" }
 """
-    extra = Worker(stack["root"] / "w3", _worker_env(stack, "w3"),
-                   stack["redis"].url, stack["queue"], stack["url"], "--name", f"w3-{stack['queue']}", *FAST)
-    extra.wait_ready()
-    submitted = _submit(stack, _flow(stack, text, "killme"))
-    run_id = submitted["run_id"]
-    entry = _wait_started(stack, run_id, "slow")
-    victim = next(w for w in stack["workers"] + [extra] if _name_of(w) == entry["worker"])
-    try:
-        victim.kill()
-        info = _status(stack, run_id, wait=True)
-    finally:
-        if victim is not extra:  # keep two workers for the other tests
-            again = f"again{uuid.uuid4().hex[:4]}"
-            stack["workers"][stack["workers"].index(victim)] = Worker(
-                stack["root"] / again, _worker_env(stack, again), stack["redis"].url, stack["queue"], stack["url"],
-                "--name", f"{again}-{stack['queue']}", *FAST).wait_ready()
-        extra.stop()
+    run_id, info = kill_worker_running(stack, lambda: _submit(stack, _flow(stack, text, "killme"))["run_id"],
+                                       lambda run_id: _wait_started(stack, run_id, "slow"))
     by_step = {s["step"]: s for s in info["steps"]}
     assert info["state"] == "finished", info
     assert by_step["slow"]["attempts"] == 2 and by_step["first"]["attempts"] == 1 and by_step["last"]["attempts"] == 1
@@ -228,13 +217,36 @@ params = { n = 3, seed = 3, offset = "${steps.slow.outputs.total}" }
     assert _client(stack).get_run(run_id).info.status == "FINISHED"
 
 
+def kill_worker_running(stack, submit, started) -> tuple[str, dict]:
+    """With a third worker listening, ``submit()`` a workflow (returns its run id), SIGKILL the worker running
+    the job ``started(run_id)`` waits for (and returns the status entry of), and wait for the workflow to end.
+    Returns the run id and its final status. The stack keeps two workers."""
+    extra = Worker(stack["root"] / "w3", _worker_env(stack, "w3"),
+                   stack["redis"].url, stack["queue"], stack["url"], "--name", f"w3-{stack['queue']}", *FAST)
+    extra.wait_ready()
+    run_id = submit()
+    entry = started(run_id)
+    victim = next(w for w in stack["workers"] + [extra] if _name_of(w) == entry["worker"])
+    try:
+        victim.kill()
+        return run_id, _status(stack, run_id, wait=True)
+    finally:
+        if victim is not extra:  # keep two workers for the other tests
+            again = f"again{uuid.uuid4().hex[:4]}"
+            stack["workers"][stack["workers"].index(victim)] = Worker(
+                stack["root"] / again, _worker_env(stack, again), stack["redis"].url, stack["queue"], stack["url"],
+                "--name", f"{again}-{stack['queue']}", *FAST).wait_ready()
+        extra.stop()
+
+
 def _name_of(worker) -> str:
     args = worker.proc.args
     return args[args.index("--name") + 1]
 
 
 def _worker_env(stack, name: str) -> dict:
-    return _env(stack["s3"], stack["root"] / f"{name}-home", MLFLOW_TRACKING_URI=stack["mlflow"].url)
+    return _env(stack["s3"], stack["root"] / f"{name}-home", MLFLOW_TRACKING_URI=stack["mlflow"].url,
+                GNOMON_MNIST_SOURCE=MNIST_SAMPLE)
 
 
 def test_a_failing_step_ends_the_workflow_and_cancels_what_waits(stack):

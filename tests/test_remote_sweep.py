@@ -4,13 +4,15 @@
 Redis, SeaweedFS behind a real ``mlflow server`` and two ``gnomon worker`` processes with their
 own homes (the ``stack`` of test_remote_fanout). A 2 x 2 sweep of the light ``remote_demo``
 task: the step that depends only on the seed is shared by two combinations and must run once
-per seed; the leaderboard built by the last job must equal the local sweep's.
+per seed; the leaderboard built by the last job must equal the local sweep's. A worker killed
+mid-step inside a sweep: that step alone is retried and the sharing stays right.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import mlflow_server, redis_server, s3_server  # noqa: E402,F401
-from test_remote_fanout import _client, _flow, stack  # noqa: E402,F401
+from test_remote_fanout import _client, _flow, _status_api, kill_worker_running, stack  # noqa: E402,F401
 from test_remote_jobs import _cli, _env  # noqa: E402
 
 pytestmark = pytest.mark.servers
@@ -143,3 +145,79 @@ def test_a_failed_step_ends_the_sweep_and_every_combination_failed(stack):
     combos = client.search_runs([sweep_run.info.experiment_id],
                                 filter_string=f"tags.`gnomon.sweep.parent` = '{sweep_id}'")
     assert len(combos) == 2 and {c.info.status for c in combos} == {"FAILED"}
+
+
+KILLED = """
+[vars]
+seed = 0
+n = 2
+
+[steps.first]
+task = "remote_demo"
+params = { n = 2, seed = "${vars.seed}" }
+
+[steps.slow]
+task = "remote_demo"
+params = { n = 3, seed = 2, sleep_s = 8, offset = "${steps.first.outputs.total}" }
+
+[steps.last]
+task = "remote_demo"
+params = { n = "${vars.n}", seed = 3, offset = "${steps.slow.outputs.total}" }
+"""
+
+
+def test_a_worker_killed_mid_step_in_a_sweep_retries_that_step_alone(stack):
+    """first and slow are shared by both combinations (one job each); the worker running slow is SIGKILLed."""
+    path = _flow(stack, KILLED, "killed_sweep")
+    experiment = f"sweepkill-{uuid.uuid4().hex[:6]}"
+    client = _client(stack)
+    submitted: dict = {}
+
+    def submit() -> str:
+        out = _cli(["workflow", "run", str(path), "--sweep", "n=2,3", "--queue", stack["queue"], "-e", experiment,
+                    "--json"], stack["env"])
+        assert out.returncode == 0, out.stderr + out.stdout
+        submitted.update(json.loads(out.stdout))
+        return submitted["run_id"]
+
+    def slow_started(sweep_id: str) -> dict:
+        slow = next(name for name in submitted["jobs"] if name.startswith("slow@"))
+        exp_id = client.get_experiment_by_name(experiment).experiment_id
+        deadline = time.monotonic() + 60
+        while True:
+            entry = next(s for s in _status_api(stack, sweep_id)["steps"] if s["step"] == slow)
+            running = [r for r in _runs_of(client, exp_id, "slow") if r.info.status == "RUNNING"]
+            if entry["status"] == "started" and running:
+                return entry
+            assert time.monotonic() < deadline, f"{slow} did not start: {entry}"
+            time.sleep(0.2)
+
+    sweep_id, info = kill_worker_running(stack, submit, slow_started)
+    assert len(submitted["jobs"]) == 4  # first and slow once, last per combination
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    assert info["state"] == "finished", info
+    attempts = {s["step"].split("@")[0]: s["attempts"] for s in info["steps"]}
+    assert attempts == {"first": 1, "slow": 2, "last": 1}, info["steps"]
+
+    # the killed attempt's run FAILED, the retry's FINISHED; no other step ran twice
+    runs = {step: _runs_of(client, exp_id, step) for step in ("first", "slow", "last")}
+    assert len(runs["first"]) == 1 and len(runs["last"]) == 2
+    assert sorted(r.info.status for r in runs["slow"]) == ["FAILED", "FINISHED"]
+    killed = next(r for r in runs["slow"] if r.info.status == "FAILED")
+    assert "worker died" in killed.data.tags["gnomon.error"]
+    finished = next(r for r in runs["slow"] if r.info.status == "FINISHED").info.run_id
+
+    # dedup stayed correct: both combinations use the one finished run of each shared step
+    combos = client.search_runs([exp_id], filter_string=f"tags.`gnomon.sweep.parent` = '{sweep_id}'")
+    assert len(combos) == 2 and {c.info.status for c in combos} == {"FINISHED"}
+    assert {c.data.tags["gnomon.step.slow.run_id"] for c in combos} == {finished}
+    assert {c.data.tags["gnomon.step.first.run_id"] for c in combos} == {runs["first"][0].info.run_id}
+    assert sorted(c.data.tags["gnomon.step.slow.status"] for c in combos) == ["ran", "shared"]
+    assert {c.data.tags["gnomon.step.last.run_id"] for c in combos} == {r.info.run_id for r in runs["last"]}
+    sweep_run = client.get_run(sweep_id)
+    assert sweep_run.info.status == "FINISHED"
+    assert (sweep_run.data.metrics["steps_ran"], sweep_run.data.metrics["steps_shared"]) == (4, 2)
+
+
+def _runs_of(client, exp_id: str, step: str) -> list:
+    return client.search_runs([exp_id], filter_string=f"tags.`gnomon.workflow.step` = '{step}'")
