@@ -70,6 +70,7 @@ class Engine:
         self.experiment = experiment_name(experiment)
         self.show_progress = show_progress
         self._tracking_ready = False
+        self._experiment_id: tuple[tuple[str, str] | None, str] = (None, "")
         #: datasets, loaded models and check->run handoffs of this engine (see :mod:`gnomon.core.store`)
         self.store = Store()
 
@@ -119,9 +120,11 @@ class Engine:
         """Point MLflow at the tracking store and return the experiment id."""
         from .tracking import ensure_experiment, setup_tracking
 
-        uri = setup_tracking(self.tracking_uri)
+        uri = setup_tracking(self.tracking_uri)  # every time: another engine may have moved MLflow's global URI
         self._tracking_ready = True
-        return ensure_experiment(self.experiment, uri)
+        if self._experiment_id[0] != (uri, self.experiment):  # one lookup per engine, not one per run
+            self._experiment_id = ((uri, self.experiment), ensure_experiment(self.experiment, uri))
+        return self._experiment_id[1]
 
     def mlflow_client(self):
         import mlflow
