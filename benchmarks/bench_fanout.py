@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 BIN = Path(sys.executable).parent
 REQUEST_RE = re.compile(rb'"(GET|POST|PUT|PATCH|DELETE) ')
+ENDPOINT_RE = re.compile(rb'"(GET|POST|PUT|PATCH|DELETE) ([^ ?"]*)')
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,6 +69,15 @@ def redis_calls(url: str) -> int:
 
 def mlflow_requests(log: Path) -> int:
     return len(REQUEST_RE.findall(log.read_bytes()))
+
+
+def mlflow_endpoints(log: Path, skip: int, steps: int) -> dict[str, float]:
+    """Requests per step by endpoint, over the access-log requests after the first ``skip``."""
+    counts: dict[str, int] = {}
+    for method, path in ENDPOINT_RE.findall(log.read_bytes())[skip:]:
+        name = f"{method.decode()} {path.decode().removeprefix('/api/2.0/mlflow')}"
+        counts[name] = counts.get(name, 0) + 1
+    return {k: v / steps for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 def fan_flow(n: int) -> str:
@@ -182,10 +192,12 @@ def measure_fan(stack: Stack, steps: int, workers: int) -> dict:
     cpu_before = {"mlflow": tree_cpu(stack.mlflow.proc.pid), "redis": cpu_seconds(stack.redis.proc.pid),
                   "workers": sum(tree_cpu(w.proc.pid) for w in started)}
     requests_before, calls_before = mlflow_requests(stack.mlflow.log), redis_calls(stack.redis.url)
+    load_before = os.getloadavg()[0]
     began = time.perf_counter()
     run_id, submit_s = stack.submit(fan_flow(steps), queue)
     info = stack.wait(run_id)
     wall = time.perf_counter() - began
+    load = (load_before, os.getloadavg()[0])
     assert info["state"] == "finished", info
     cpu = {"mlflow": tree_cpu(stack.mlflow.proc.pid) - cpu_before["mlflow"],
            "redis": cpu_seconds(stack.redis.proc.pid) - cpu_before["redis"],
@@ -195,11 +207,12 @@ def measure_fan(stack: Stack, steps: int, workers: int) -> dict:
         w.stop()
     stack.workers = [w for w in stack.workers if w not in started]
     overhead = ready_to_finished(times)
-    return {"workers": workers, "wall_s": wall, "submit_s": submit_s, "throughput": steps / wall,
+    return {"workers": workers, "wall_s": wall, "submit_s": submit_s, "throughput": steps / wall, "load": load,
             "overhead_median_s": statistics.median(overhead),
             "overhead_p90_s": sorted(overhead)[int(0.9 * len(overhead))],
             "in_job_median_s": statistics.median(t["ended"] - t["started"] for t in times),
             "mlflow_requests_per_step": (mlflow_requests(stack.mlflow.log) - requests_before) / steps,
+            "mlflow_endpoints_per_step": mlflow_endpoints(stack.mlflow.log, requests_before, steps),
             "redis_calls_per_step": (redis_calls(stack.redis.url) - calls_before) / steps,
             "cpu_per_step": {k: v / steps for k, v in cpu.items()}}
 
@@ -209,12 +222,14 @@ def measure_chain(stack: Stack, length: int) -> dict:
     stack.start_workers(queue, 1)
     warm, _ = stack.submit(fan_flow(2), queue)
     stack.wait(warm)
+    load_before = os.getloadavg()[0]
     run_id, _ = stack.submit(chain_flow(length), queue)
     info = stack.wait(run_id)
     assert info["state"] == "finished", info
+    load = (load_before, os.getloadavg()[0])
     times = job_times(stack.redis.url, info)
     latency = [t["ended"] - t["enqueued"] for t in times[1:]]  # the first one waited for the submission
-    return {"steps": length, "submit_to_finish_median_s": statistics.median(latency),
+    return {"steps": length, "load": load, "submit_to_finish_median_s": statistics.median(latency),
             "submit_to_finish_p90_s": sorted(latency)[int(0.9 * len(latency))]}
 
 
@@ -223,11 +238,17 @@ def measure_local(stack: Stack, steps: int) -> dict:
     path.write_text(fan_flow(steps))
     env = dict(stack.env)
     requests_before = mlflow_requests(stack.mlflow.log)
+    load_before = os.getloadavg()[0]
     began = time.perf_counter()
     out = json.loads(stack.cli(["workflow", "run", str(path), "--no-report", "--json"], env))
     wall = time.perf_counter() - began
-    return {"wall_s": wall, "per_step_s": out["duration_s"] / steps,
+    return {"wall_s": wall, "per_step_s": out["duration_s"] / steps, "load": (load_before, os.getloadavg()[0]),
             "mlflow_requests_per_step": (mlflow_requests(stack.mlflow.log) - requests_before) / steps}
+
+
+def _load(result: dict) -> str:
+    """The 1-minute load average before and after a measurement (the machine is shared)."""
+    return f" [load average {result['load'][0]:.1f} -> {result['load'][1]:.1f}]"
 
 
 def main() -> None:
@@ -245,10 +266,11 @@ def main() -> None:
         local = measure_local(stack, args.reference_steps)
         print(f"reference, in one process (gnomon workflow run, no queue): {args.reference_steps} steps in "
               f"{local['wall_s']:.1f} s wall, {local['per_step_s']:.3f} s per step, "
-              f"{local['mlflow_requests_per_step']:.1f} MLflow requests per step", flush=True)
+              f"{local['mlflow_requests_per_step']:.1f} MLflow requests per step{_load(local)}", flush=True)
         chain = measure_chain(stack, args.chain)
         print(f"chain of {chain['steps']} dependent steps, 1 worker: submit-to-finish median "
-              f"{chain['submit_to_finish_median_s']:.3f} s, p90 {chain['submit_to_finish_p90_s']:.3f} s", flush=True)
+              f"{chain['submit_to_finish_median_s']:.3f} s, p90 {chain['submit_to_finish_p90_s']:.3f} s{_load(chain)}",
+              flush=True)
         results = []
         for count in counts:
             r = measure_fan(stack, args.steps, count)
@@ -259,7 +281,9 @@ def main() -> None:
                   f"ready->finished median {r['overhead_median_s']:.3f} s (p90 {r['overhead_p90_s']:.3f} s, "
                   f"inside the job {r['in_job_median_s']:.3f} s); per step: {r['mlflow_requests_per_step']:.1f} "
                   f"MLflow requests, {r['redis_calls_per_step']:.1f} Redis commands, CPU s: mlflow server "
-                  f"{cpu['mlflow']:.3f}, redis {cpu['redis']:.4f}, workers {cpu['workers']:.3f}", flush=True)
+                  f"{cpu['mlflow']:.3f}, redis {cpu['redis']:.4f}, workers {cpu['workers']:.3f}{_load(r)}", flush=True)
+            print("  MLflow requests per step by endpoint: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in r["mlflow_endpoints_per_step"].items()), flush=True)
         base = results[0]
         print("\nsummary")
         print("  per-step overhead (median, ready->finished): "
