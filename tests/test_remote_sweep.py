@@ -58,10 +58,7 @@ AXES = ("--sweep", "seed=0,1", "--sweep", "n=2,5")
 def test_sweep_runs_each_distinct_step_once_on_workers_and_matches_the_local_leaderboard(stack, tmp_path):
     path = _flow(stack, SWEEP, "demo_sweep")
     experiment = f"sweep-{uuid.uuid4().hex[:6]}"
-    out = _cli(["workflow", "run", str(path), *AXES, "--queue", stack["queue"], "-e", experiment, "--json"],
-               stack["env"])
-    assert out.returncode == 0, out.stderr + out.stdout
-    submitted = json.loads(out.stdout)
+    submitted = submit_sweep(stack, path, experiment, *AXES)
     sweep_id = submitted["run_id"]
     assert submitted["sweep"] is True
     assert len(submitted["jobs"]) == 10  # 12 steps in 4 combinations; base is shared per seed
@@ -131,11 +128,9 @@ params = { n = 2, seed = 3, fail = "${vars.boom}", offset = "${steps.base.output
 def test_a_failed_step_ends_the_sweep_and_every_combination_failed(stack):
     path = _flow(stack, FAILING, "failing_sweep")
     experiment = f"sweepfail-{uuid.uuid4().hex[:6]}"
-    out = _cli(["workflow", "run", str(path), "--sweep", "boom=false,true", "--queue", stack["queue"],
-                "-e", experiment, "--json"], stack["env"])
-    assert out.returncode == 0, out.stderr + out.stdout
-    sweep_id = json.loads(out.stdout)["run_id"]
-    assert len(json.loads(out.stdout)["jobs"]) == 3  # base is shared by both combinations
+    submitted = submit_sweep(stack, path, experiment, "--sweep", "boom=false,true")
+    sweep_id = submitted["run_id"]
+    assert len(submitted["jobs"]) == 3  # base is shared by both combinations
     status = _cli(["workflow", "status", sweep_id, "--wait", "--json"], stack["env"])
     info = json.loads(status.stdout)
     assert info["state"] == "failed", info
@@ -174,10 +169,7 @@ def test_a_worker_killed_mid_step_in_a_sweep_retries_that_step_alone(stack):
     submitted: dict = {}
 
     def submit() -> str:
-        out = _cli(["workflow", "run", str(path), "--sweep", "n=2,3", "--queue", stack["queue"], "-e", experiment,
-                    "--json"], stack["env"])
-        assert out.returncode == 0, out.stderr + out.stdout
-        submitted.update(json.loads(out.stdout))
+        submitted.update(submit_sweep(stack, path, experiment, "--sweep", "n=2,3"))
         return submitted["run_id"]
 
     def slow_started(sweep_id: str) -> dict:
@@ -217,6 +209,14 @@ def test_a_worker_killed_mid_step_in_a_sweep_retries_that_step_alone(stack):
     sweep_run = client.get_run(sweep_id)
     assert sweep_run.info.status == "FINISHED"
     assert (sweep_run.data.metrics["steps_ran"], sweep_run.data.metrics["steps_shared"]) == (4, 2)
+
+
+def submit_sweep(stack, path, experiment: str, *args: str) -> dict:
+    """``gnomon workflow run PATH ARGS --queue Q -e EXPERIMENT --json`` on the stack: the submission."""
+    out = _cli(["workflow", "run", str(path), *args, "--queue", stack["queue"], "-e", experiment, "--json"],
+               stack["env"])
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout)
 
 
 def _runs_of(client, exp_id: str, step: str) -> list:

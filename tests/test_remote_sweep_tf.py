@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from servers import mlflow_server, redis_server, s3_server  # noqa: E402,F401
 from test_remote_fanout import MNIST_SAMPLE, _client, _flow, stack  # noqa: E402,F401
 from test_remote_jobs import _cli, _env  # noqa: E402
+from test_remote_sweep import submit_sweep  # noqa: E402
 from test_workflows_sweep_real import SMALL  # noqa: E402
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
@@ -33,12 +34,10 @@ AXES = ("--sweep", "poison_fraction=0.2,0.5", "-P", "epochs=0.1", "-P", "seed=3"
 def test_a_tensorflow_sweep_on_workers_gives_the_local_leaderboard(stack, tmp_path):
     path = _flow(stack, FLOW, "tf_sweep")
     experiment = f"tfsweep-{uuid.uuid4().hex[:6]}"
-    out = _cli(["workflow", "run", str(path), *AXES, "--queue", stack["queue"], "-e", experiment, "--json"],
-               stack["env"])
-    assert out.returncode == 0, out.stderr + out.stdout
-    sweep_id = json.loads(out.stdout)["run_id"]
+    submitted = submit_sweep(stack, path, experiment, *AXES)
+    sweep_id = submitted["run_id"]
     # 2 combinations x 10 steps; shared: the triggered test set, the clean model and its two inferences
-    assert len(json.loads(out.stdout)["jobs"]) == 16
+    assert len(submitted["jobs"]) == 16
     status = _cli(["workflow", "status", sweep_id, "--wait", "--json"], stack["env"], timeout=900)
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
