@@ -82,6 +82,17 @@ def test_detectors_flag_poison_more_than_clean(store, monkeypatch, task, params)
     assert {"detection/flagged.json", "detection/per_class.json", "detection/projection.png"} <= names
 
 
+def test_exclusionary_reclassification_clears_clean_clusters(store, monkeypatch):
+    """'smaller' flags a cluster in every class; ART's exclusionary reclassification clears the clean ones."""
+    monkeypatch.setenv("GNOMON_HOME", str(store.home))
+    plain = store.engine().run("activation_clustering", dict(_train_source(store), cluster_analysis="smaller"))
+    exre = store.engine().run("activation_clustering", dict(_train_source(store), cluster_analysis="smaller",
+                                                            ex_re_threshold=1.0, ex_re_epochs=3))
+    assert exre.metrics["n_flagged"] < plain.metrics["n_flagged"] / 2, (exre.metrics, plain.metrics)
+    assert exre.metrics["precision"] > plain.metrics["precision"] + 0.2
+    assert exre.metrics["recall"] >= plain.metrics["recall"] - 0.1, (exre.metrics, plain.metrics)
+
+
 def test_detector_examines_only_the_classes_asked(store, monkeypatch):
     monkeypatch.setenv("GNOMON_HOME", str(store.home))
     result = store.engine().run("spectral_signatures", dict(_train_source(store), classes="1",
@@ -147,6 +158,8 @@ def test_neural_cleanse_mask_is_smallest_for_target(store, monkeypatch):
     ("activation_clustering", {"layer": 99}, "layer"),
     ("activation_clustering", {"cluster_analysis": "distance", "nb_clusters": 3}, "nb_clusters"),
     ("activation_clustering", {"classes": "one"}, "classes"),
+    ("activation_clustering", {"ex_re_threshold": 0}, "ex_re_threshold"),
+    ("activation_clustering", {"cluster_analysis": "silhouette-scores", "ex_re_threshold": 1}, "ex_re_threshold"),
     ("spectral_signatures", {"expected_pp_poison": 0}, "expected_pp_poison"),
     ("spectral_signatures", {"classes": "12"}, "classes"),
     ("strip", {"num_samples": 1}, "num_samples"),
@@ -178,3 +191,65 @@ def test_pruning_needs_a_dense_layer_where_art_prunes():
     reason = pruning_layer_problem(pooled)
     assert reason is not None and "Dense" in reason and "'pool'" in reason
     assert pruning_layer_problem(shallow_net((28, 28, 1), 10)) is None
+
+
+class _FakeCleanse:
+    """The state ART's trigger search reads, with a 'train' step whose trigger always succeeds."""
+
+    def __init__(self, steps):
+        import tensorflow as tf
+
+        self.steps, self.batch_size, self.patience = steps, 10, 2
+        self.attack_success_threshold, self.early_stop, self.early_stop_threshold = 0.99, True, 0.99
+        self.early_stop_patience, self.init_cost, self.cost = 3, 1e-3, 1e-3
+        self.cost_multiplier_up, self.cost_multiplier_down = 1.5, 1.5 ** 1.5
+        self.cost_tensor = tf.Variable(self.cost)
+        self.mask_tensor_raw = tf.Variable(np.zeros((4, 4, 1), np.float32))
+        self.pattern_tensor_raw = tf.Variable(np.zeros((4, 4, 1), np.float32))
+        self.mask_tensor = self.pattern_tensor = self.mask_tensor_raw
+        self.costs, self.starts, self.ends, self.n_steps, self.fresh = [], [], [], 0, False
+
+    def reset(self):
+        self.cost = self.init_cost
+        self.cost_tensor.assign(self.cost)
+        self.fresh = True
+        if self.n_steps:
+            self.ends.append(float(self.mask_tensor_raw.numpy().sum()))
+
+    def train(self, x_batch, y_batch):
+        import tensorflow as tf
+
+        if self.fresh:
+            self.starts.append(float(self.mask_tensor_raw.numpy().sum()))
+            self.fresh = False
+        self.n_steps += 1
+        cost = float(self.cost_tensor.numpy())
+        self.costs.append(cost)
+        self.mask_tensor_raw.assign_add(tf.ones_like(self.mask_tensor_raw))
+        reg = 10.0 if self.n_steps < 4 else 5.0  # improves once, then plateaus
+        succeeds = cost < 4e-3  # a heavy enough mask penalty defeats the trigger
+        return tf.constant(0.0), tf.constant([reg]), tf.constant(0.0), tf.constant([1.0 if succeeds else 0.0])
+
+
+def test_paper_search_raises_the_cost_and_stops_early_where_arts_cannot():
+    """ART 1.20 resets the cost at every successful step (the reference only while it is 0); with the
+    reference's rule the cost rises, early stopping ends the search, and each class starts afresh."""
+    from art.estimators.poison_mitigation.neural_cleanse.keras import KerasNeuralCleanse
+
+    from gnomon.plugins.builtin.detection_art import paper_search
+
+    x, y = np.zeros((50, 4, 4, 1), np.float32), np.eye(2)[np.zeros(50, int)]
+    art = _FakeCleanse(steps=30)
+    for target in np.eye(2):
+        KerasNeuralCleanse.generate_backdoor(art, x, y, target)
+    assert max(art.costs) == pytest.approx(art.init_cost)  # ART never raises it
+    assert art.n_steps == 2 * 30 * 5  # nor stops early
+    assert art.starts[1] == art.ends[0]  # the second class starts where the first ended
+
+    paper = _FakeCleanse(steps=30)
+    search = paper_search(paper, np.random.default_rng(0))
+    for target in np.eye(2):
+        search(x, y, target)
+    assert max(paper.costs) > 2 * paper.init_cost
+    assert paper.n_steps < 2 * 30 * 5
+    assert paper.starts[1] != paper.ends[0]

@@ -43,7 +43,7 @@ def hidden_layer_count(model) -> int:
 
 # -- activation clustering ----------------------------------------------------------------------
 
-def activation_defence(classifier, x, y_onehot, *, layer: int | None):
+def activation_defence(classifier, x, y_onehot, *, layer: int | None, ex_re_threshold: float | None = None):
     """An ART ``ActivationDefence`` reading the activations of ``layer`` (None: ART's own choice)."""
     from art.defences.detector.poison import ActivationDefence
 
@@ -66,16 +66,42 @@ def activation_defence(classifier, x, y_onehot, *, layer: int | None):
             activations = self.classifier.get_activations(data, layer=int(self.chosen_layer), batch_size=128)
             return np.reshape(activations, (activations.shape[0], -1))
 
-    defence = LayerActivationDefence(classifier, x, y_onehot)
+    defence = LayerActivationDefence(classifier, x, y_onehot, ex_re_threshold=ex_re_threshold)
     defence.chosen_layer = layer
     return defence
 
 
-def run_activation_clustering(classifier, x, y_onehot, *, layer, nb_clusters, nb_dims, reduce, cluster_analysis):
-    """ART ``detect_poison``; returns ``(is_clean bool array, report, defence)``."""
+def refit_in_epochs(classifier, epochs: int, batch_size: int = 128):
+    """ADAPTER: ART's ``clone_for_refitting``, whose clone's ``fit`` trains ``epochs`` epochs.
+
+    Exclusionary reclassification calls ``clone.fit(x, y)`` with no arguments, i.e. ART's default
+    of 20 epochs at batch 128. Only the epoch count (and batch size) is set here; the clone, its
+    fresh weights and its compiled optimizer are ART's.
+    """
+    import functools
+
+    art_clone = classifier.clone_for_refitting
+
+    def clone_for_refitting():
+        clone = art_clone()
+        clone.fit = functools.partial(clone.fit, nb_epochs=int(epochs), batch_size=int(batch_size))
+        return clone
+
+    classifier.clone_for_refitting = clone_for_refitting
+    return classifier
+
+
+def run_activation_clustering(classifier, x, y_onehot, *, layer, nb_clusters, nb_dims, reduce, cluster_analysis,
+                              ex_re_threshold=None, ex_re_epochs=1):
+    """ART ``detect_poison``; returns ``(is_clean bool array, report, defence)``.
+
+    With ``ex_re_threshold`` ART's exclusionary reclassification runs after the cluster analysis.
+    """
     import numpy as np
 
-    defence = activation_defence(classifier, x, y_onehot, layer=layer)
+    if ex_re_threshold is not None:
+        refit_in_epochs(classifier, ex_re_epochs)
+    defence = activation_defence(classifier, x, y_onehot, layer=layer, ex_re_threshold=ex_re_threshold)
     with quiet_stdout():
         report, is_clean = defence.detect_poison(nb_clusters=int(nb_clusters), nb_dims=int(nb_dims), reduce=reduce,
                                                  cluster_analysis=cluster_analysis)
@@ -146,8 +172,11 @@ def strip_threshold(val_entropies, false_acceptance_rate: float) -> float:
 
 # -- Neural Cleanse ------------------------------------------------------------------------------
 
-def neural_cleanse(model, params: dict[str, Any]):
-    """ART's ``KerasNeuralCleanse`` over ``model`` (which it will modify), with the compiled step."""
+def neural_cleanse(model, params: dict[str, Any], rng=None):
+    """ART's ``KerasNeuralCleanse`` over ``model`` (which it will modify), with the compiled step.
+
+    With ``params["search"] == "paper"`` the trigger search is :func:`paper_search` (draws from ``rng``).
+    """
     from art.defences.transformer.poisoning import NeuralCleanse
 
     classifier = art_classifier(model)
@@ -161,6 +190,10 @@ def neural_cleanse(model, params: dict[str, Any]):
             batch_size=int(params["nc_batch_size"]))
     cleanse.train = compile_train_step(cleanse)
     cleanse.reset = _reset_keeping_learning_rate(cleanse)
+    if params.get("search", "art") == "paper":
+        import numpy as np
+
+        cleanse.generate_backdoor = paper_search(cleanse, rng if rng is not None else np.random.default_rng(0))
     return cleanse
 
 
@@ -231,6 +264,85 @@ def compile_train_step(nc):
         return out
 
     return train
+
+
+def paper_search(nc, rng):
+    """ADAPTER (an option, ``search="paper"``): Wang et al.'s trigger search where ART 1.20's departs from it.
+
+    ART's ``KerasNeuralCleanse.generate_backdoor`` is the reference implementation's loop
+    (bolunwang/backdoor ``visualizer.py``) except in two places, both fixed here and nothing else:
+
+    * the reference sets the cost to ``init_cost`` after ``patience`` successful steps only while
+      the cost is 0 (``if self.cost == 0 and avg_loss_acc >= threshold``). ART dropped
+      ``self.cost == 0``, so once the trigger succeeds for ``patience`` steps it resets the cost
+      and the up-counter at *every* step: the cost can never rise, the mask is only weakly pushed
+      to shrink, and early stopping (which needs the cost to have gone up and down) never fires;
+    * the reference starts every class's search from a fresh random mask and pattern
+      (``reset_state``); ART draws them once and each class starts where the previous one ended.
+
+    Returns a replacement for ``nc.generate_backdoor`` (same signature and result).
+    """
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.keras.preprocessing.image import ImageDataGenerator
+
+    def generate_backdoor(x_val, y_val, y_target):
+        nc.reset()
+        shape = tuple(nc.mask_tensor_raw.shape)
+        nc.mask_tensor_raw.assign(rng.uniform(size=shape).astype(np.float32))
+        nc.pattern_tensor_raw.assign(rng.uniform(size=tuple(nc.pattern_tensor_raw.shape)).astype(np.float32))
+        gen = ImageDataGenerator().flow(x_val, y_val, batch_size=nc.batch_size,
+                                        seed=int(rng.integers(2**31 - 1)))
+        mask_best = pattern_best = None
+        reg_best = float("inf")
+        cost_set_counter = cost_up_counter = cost_down_counter = early_stop_counter = 0
+        cost_up_flag = cost_down_flag = False
+        early_stop_reg_best = reg_best
+        for _ in range(nc.steps):
+            loss_reg, loss_acc = [], []
+            for _ in range(len(x_val) // nc.batch_size):
+                x_batch, _ = next(gen)
+                _, batch_reg, _, batch_acc = nc.train(x_batch, [y_target] * x_batch.shape[0])
+                loss_reg.extend(tf.reshape(batch_reg, [-1]).numpy().tolist())
+                loss_acc.extend(tf.reshape(batch_acc, [-1]).numpy().tolist())
+            avg_reg, avg_acc = float(np.mean(loss_reg)), float(np.mean(loss_acc))
+            success = avg_acc >= nc.attack_success_threshold
+            if success and avg_reg < reg_best:
+                mask_best, pattern_best, reg_best = nc.mask_tensor.numpy(), nc.pattern_tensor.numpy(), avg_reg
+            if nc.early_stop:
+                if reg_best < float("inf"):
+                    early_stop_counter = early_stop_counter + 1 if reg_best >= nc.early_stop_threshold * early_stop_reg_best else 0
+                early_stop_reg_best = min(reg_best, early_stop_reg_best)
+                if cost_down_flag and cost_up_flag and early_stop_counter >= nc.early_stop_patience:
+                    break
+            if nc.cost == 0 and success:  # the reference's condition; ART 1.20 omits "nc.cost == 0"
+                cost_set_counter += 1
+                if cost_set_counter >= nc.patience:
+                    nc.cost = nc.init_cost
+                    nc.cost_tensor.assign(nc.cost)
+                    cost_up_counter = cost_down_counter = 0
+                    cost_up_flag = cost_down_flag = False
+            else:
+                cost_set_counter = 0
+            if success:
+                cost_up_counter, cost_down_counter = cost_up_counter + 1, 0
+            else:
+                cost_up_counter, cost_down_counter = 0, cost_down_counter + 1
+            if cost_up_counter >= nc.patience:
+                cost_up_counter = 0
+                nc.cost *= nc.cost_multiplier_up
+                nc.cost_tensor.assign(nc.cost)
+                cost_up_flag = True
+            elif cost_down_counter >= nc.patience:
+                cost_down_counter = 0
+                nc.cost /= nc.cost_multiplier_down
+                nc.cost_tensor.assign(nc.cost)
+                cost_down_flag = True
+        if mask_best is None:
+            mask_best, pattern_best = nc.mask_tensor.numpy(), nc.pattern_tensor.numpy()
+        return mask_best, pattern_best
+
+    return generate_backdoor
 
 
 def outlier_detection(nc, x_val, y_val_onehot, *, advance=None):

@@ -152,7 +152,8 @@ def activation_clustering(ctx, **params) -> dict[str, Any]:
     def detect(classifier, x, y1h):
         is_clean, report, defence = run_activation_clustering(
             classifier, x, y1h, layer=params.get("layer"), nb_clusters=params["nb_clusters"],
-            nb_dims=params["nb_dims"], reduce=params["reduce"], cluster_analysis=params["cluster_analysis"])
+            nb_dims=params["nb_dims"], reduce=params["reduce"], cluster_analysis=params["cluster_analysis"],
+            ex_re_threshold=params.get("ex_re_threshold"), ex_re_epochs=params.get("ex_re_epochs", 1))
         from gnomon.core.jsonable import jsonable
 
         ctx.log_json(jsonable(report), "detection/art_report.json")
@@ -167,7 +168,8 @@ def activation_clustering(ctx, **params) -> dict[str, Any]:
                                      group_label="cluster", seed=ctx.seed)
 
         return is_clean, {"figure": figure,
-                          "options": ("layer", "nb_clusters", "nb_dims", "reduce", "cluster_analysis", "classes")}
+                          "options": ("layer", "nb_clusters", "nb_dims", "reduce", "cluster_analysis", "ex_re_threshold",
+                                       "ex_re_epochs", "classes")}
 
     return _screen(ctx, params, detect)
 
@@ -340,7 +342,7 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
     x_val = fit_to_model(data.x[rows], model).astype(np.float32)
     y_val = one_hot(data.y[rows], data.n_classes)
     ctx.seed_tensorflow()
-    nc = neural_cleanse(model, params)
+    nc = neural_cleanse(model, params, rng=ctx.rng)
     n_classes = nc.nb_classes
     with ctx.progress("neural cleanse (classes)", total=n_classes) as advance, timer("detect"):
         masks, patterns, norms, anomaly, flagged = outlier_detection(nc, x_val, y_val, advance=advance)

@@ -30,6 +30,8 @@ DEFAULT_NAME = "adv_poison_data"
 CLEANED_NAME = "cleaned_training"
 ANALYSES = ("smaller", "distance", "relative-size", "silhouette-scores")
 MITIGATIONS = ("none", "unlearning", "pruning", "filtering")
+#: Neural Cleanse trigger searches: ART 1.20's loop or Wang et al.'s (detection_art.paper_search).
+NC_SEARCHES = ("art", "paper")
 
 
 def cleaned_tar_name(task: str) -> str:
@@ -88,12 +90,24 @@ class ActivationClusteringSchema(_PoisonDetectorSchema):
         "description": "Dimensionality reduction: PCA or FastICA (ART also lists TSNE but cannot run it)."})
     cluster_analysis = fields.String(load_default="smaller", validate=validate.OneOf(ANALYSES), metadata={
         "description": "How ART decides which cluster is poison: " + ", ".join(ANALYSES) + "."})
+    ex_re_threshold = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=0.0,
+                                                                                             min_inclusive=False),
+                                   metadata={"description": (
+        "ART's exclusionary reclassification (Chen et al. 2018), off when none: a model retrained without the "
+        "suspicious clusters classifies each of them; a cluster is cleared when the ratio of its samples classified "
+        "as its label to those classified as the most frequent other class exceeds this (> 0; 1 = majority).")})
+    ex_re_epochs = fields.Integer(load_default=1, strict=False, validate=validate.Range(1, 100), metadata={
+        "description": "Epochs of that retraining (ART's default, 20, would cost 20 full trainings' epochs), 1..100."})
 
     @validates_schema
     def _analysis_clusters(self, data, **kwargs):
         if data.get("cluster_analysis", "smaller") != "smaller" and int(data.get("nb_clusters", 2)) != 2:
             raise ValidationError(f"cluster_analysis '{data['cluster_analysis']}' works with exactly 2 clusters "
                                   f"(ART); got {data['nb_clusters']}", "nb_clusters")
+        if data.get("ex_re_threshold") is not None and data.get("cluster_analysis", "smaller") == "silhouette-scores":
+            raise ValidationError("exclusionary reclassification reads ART's per-cluster report, which "
+                                  "'silhouette-scores' does not write; use smaller, relative-size or distance",
+                                  "ex_re_threshold")
 
 
 class SpectralSignaturesSchema(_PoisonDetectorSchema):
@@ -160,6 +174,10 @@ class NeuralCleanseSchema(_NeuralCleanseChecks, TaskSchema, DatasetSource("datas
         "description": "ART's early_stop_patience."})
     cost_multiplier = fields.Float(load_default=1.5, validate=validate.Range(min=1.0, min_inclusive=False), metadata={
         "description": "ART's cost_multiplier (> 1)."})
+    search = fields.String(load_default="art", validate=validate.OneOf(NC_SEARCHES), metadata={
+        "description": "Trigger search: 'art' (ART 1.20's loop) or 'paper' (Wang et al.'s reference loop: the cost "
+                       "rises while the trigger succeeds, early stopping works, a fresh random start per class; "
+                       "docs/defenses.md)."})
     nc_batch_size = PositiveInt(load_default=32, metadata={"description": "ART's batch_size of the optimisation."})
     mitigation = fields.String(load_default="none", validate=validate.OneOf(MITIGATIONS), metadata={
         "description": "Repair with ART's mitigation: none, unlearning, pruning (both register the repaired model) "
