@@ -37,6 +37,9 @@ def _args():
     p.add_argument("--nc-steps", type=int, default=2)
     p.add_argument("--nc-validation", type=int, default=300)
     p.add_argument("--skip-quality", action="store_true", help="only the speed part (needs a finished workflow)")
+    p.add_argument("--workflow", default="backdoor_defenses",
+                   help="with --skip-quality: the workflow (name or TOML) whose finished steps poison_train, "
+                        "train_poisoned and poison_test are reused (--resume), e.g. a file with only those steps")
     p.add_argument("-P", dest="overrides", action="append", default=[], help="workflow variable NAME=VALUE")
     return p.parse_args()
 
@@ -232,7 +235,7 @@ def main() -> int:
     if args.skip_quality:
         from gnomon.core.workflows import apply_overrides, find_workflow, run_workflow
 
-        workflow = find_workflow(engine, "backdoor_defenses")
+        workflow = find_workflow(engine, args.workflow)
         overrides = dict(o.split("=", 1) for o in args.overrides)
         overrides.setdefault("epochs", str(args.epochs))
         result = run_workflow(engine, workflow, apply_overrides(workflow, overrides), resume=True, make_report=False)

@@ -298,7 +298,9 @@ def paper_search(nc, rng):
         cost_set_counter = cost_up_counter = cost_down_counter = early_stop_counter = 0
         cost_up_flag = cost_down_flag = False
         early_stop_reg_best = reg_best
+        nc.steps_run = 0
         for _ in range(nc.steps):
+            nc.steps_run += 1
             loss_reg, loss_acc = [], []
             for _ in range(len(x_val) // nc.batch_size):
                 x_batch, _ = next(gen)
@@ -357,6 +359,7 @@ def outlier_detection(nc, x_val, y_val_onehot, *, advance=None):
     from art.utils import to_categorical
 
     masks, patterns, norms = [], [], []
+    nc.steps_by_class = []
     n_classes = nc.nb_classes
     for class_idx in range(n_classes):
         target = to_categorical([class_idx], n_classes).flatten()
@@ -365,6 +368,7 @@ def outlier_detection(nc, x_val, y_val_onehot, *, advance=None):
         masks.append(mask)
         patterns.append(pattern)
         norms.append(float(np.sum(np.abs(mask))))
+        nc.steps_by_class.append(getattr(nc, "steps_run", nc.steps))  # ART's loop always runs all steps
         if advance is not None:
             advance(1)
     norms_arr = np.asarray(norms)

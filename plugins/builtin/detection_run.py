@@ -350,6 +350,7 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
     for c in range(n_classes):
         metrics[f"mask_l1_class_{c}"] = float(norms[c])
         metrics[f"anomaly_index_class_{c}"] = float(anomaly[c])
+        metrics[f"search_steps_class_{c}"] = float(nc.steps_by_class[c])
     ctx.log_metrics(metrics)
     ctx.log_json({"flagged_classes": flagged, "l1_norms": norms.tolist(), "anomaly_index": anomaly.tolist()},
                  "neural_cleanse/outliers.json")
