@@ -1,4 +1,11 @@
-"""The run context handed to every task: tracking, artifacts, progress, seeded randomness."""
+"""The contexts handed to tasks: :class:`CheckContext` to ``check(ctx, params)`` before any run
+exists, :class:`RunContext` to ``fn(ctx, **params)`` during the run.
+
+Both are :class:`TaskContext`: the task's name and parameters, the engine's registry and
+store, the tracking client, progress and messages. Helpers that need any of these take a
+``TaskContext``; helpers that only need the engine's services (registry, store, tracking)
+take :class:`Services`, which an :class:`~gnomon.core.engine.Engine` also provides.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +16,139 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from .engine import Engine
+    from .registry import Registry
+    from .store import Store
 
 log = logging.getLogger("gnomon.task")
 
 
-@dataclass
-class RunContext:
-    """Everything a task needs besides its parameters.
+class Services(Protocol):
+    """What helpers need of the engine: an :class:`Engine` and every :class:`TaskContext` provide it."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def tracking_uri(self) -> str: ...
+
+    def mlflow_client(self) -> MlflowClient: ...
+
+
+@dataclass(kw_only=True)
+class TaskContext:
+    """What both a task's ``check`` and its run get.
 
     Attributes:
         task: the task's name.
+        engine: the :class:`gnomon.core.engine.Engine` running the task.
+        params: the validated parameters.
+        show_progress: whether progress bars and messages are shown.
+    """
+
+    task: str
+    engine: Engine
+    params: dict[str, Any] = field(default_factory=dict)
+    show_progress: bool = True
+    _console: Any = None
+
+    # -- the engine's services ------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        """Every registered task, model, attack, defense and workflow."""
+        return self.engine.registry
+
+    @property
+    def store(self) -> Store:
+        """The engine's in-process store (datasets, models, what a check hands to its run)."""
+        return self.engine.store
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.engine.tracking_uri
+
+    def mlflow_client(self) -> MlflowClient:
+        """A client of the engine's tracking store."""
+        return self.engine.mlflow_client()
+
+    def dataset_source(self) -> dict[str, str]:
+        """The task's ``DatasetSource(...)`` settings (``run_id_field``, ``data_dir_field``,
+        ``default_split``), from its schema; empty when the task reads no dataset."""
+        schema = self.registry.tasks[self.task].schema if self.task in self.registry.tasks else None
+        return dict(getattr(schema, "__dataset_source__", None) or {})
+
+    # -- people -------------------------------------------------------------
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
+
+    def info(self, message: str) -> None:
+        log.info(message)
+        if self.show_progress:
+            self.console.print(f"[dim]{self.task}[/dim] {message}")
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None = None) -> Iterator[Any]:
+        """A rich progress bar; yields ``advance(n=1)``. Silent when progress is off."""
+        if not self.show_progress:
+            yield lambda n=1: None
+            return
+        from .datasets._util import rich_progress
+
+        with rich_progress(description, total=total, console=self.console) as advance:
+            yield advance
+
+
+@dataclass(kw_only=True)
+class CheckContext(TaskContext):
+    """What ``check(ctx, params)`` gets: no MLflow run exists yet and nothing may be written.
+
+    A check may load what the run will need and hand it over through ``ctx.store``
+    (:meth:`gnomon.core.store.Store.keep_for_run`); it runs once per run.
+
+    Attributes:
+        task: the task's name.
+        engine: the :class:`gnomon.core.engine.Engine` running the task.
+        params: the validated parameters.
+        show_progress: whether progress bars and messages are shown.
+        registry: every registered task, model, attack, defense and workflow.
+        store: the engine's in-process store (datasets, models, what a check hands to its run).
+    """
+
+
+@dataclass(kw_only=True)
+class RunContext(TaskContext):
+    """What ``fn(ctx, **params)`` gets: everything a task needs besides its parameters.
+
+    Everything a :class:`CheckContext` has (``task``, ``params``, ``registry``, ``store``,
+    ``mlflow_client()``, ``progress``, ``info``, ``dataset_source()``), and the run itself.
+
+    Attributes:
         run_id: the MLflow run id (``None`` for a dry run).
-        params: validated parameters.
         seed: the run's seed; :meth:`seed_everything` has already been called with it.
         rng: a ``numpy.random.Generator`` seeded with ``seed``: use it for every random choice.
-        engine: the :class:`gnomon.core.engine.Engine` running the task (its registry
-            holds models, triggers and defenses).
         workdir: a temporary folder, removed after the run.
         outputs: values later workflow steps can refer to (``ctx.output(k, v)``).
         console: a ``rich`` console on stderr for progress and messages.
     """
 
-    task: str
     run_id: str | None
-    params: dict[str, Any]
     seed: int
-    engine: Any
     experiment_name: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gnomon-")))
     outputs: dict[str, Any] = field(default_factory=dict)
-    show_progress: bool = True
-    _console: Any = None
     _rng: Any = None
 
     # -- randomness ---------------------------------------------------------
@@ -111,31 +219,6 @@ class RunContext:
         self.outputs[key] = value
         if self.run_id:
             self.set_tag(f"gnomon.output.{key}", value)
-
-    # -- people -------------------------------------------------------------
-    @property
-    def console(self):
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=True)
-        return self._console
-
-    def info(self, message: str) -> None:
-        log.info(message)
-        if self.show_progress:
-            self.console.print(f"[dim]{self.task}[/dim] {message}")
-
-    @contextlib.contextmanager
-    def progress(self, description: str, total: float | None = None) -> Iterator[Any]:
-        """A rich progress bar; yields ``advance(n=1)``. Silent when progress is off."""
-        if not self.show_progress:
-            yield lambda n=1: None
-            return
-        from .datasets._util import rich_progress
-
-        with rich_progress(description, total=total, console=self.console) as advance:
-            yield advance
 
     def cleanup(self) -> None:
         import shutil

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .context import CheckContext
 from .errors import GnomonError, ParamValidationError, TaskFailedError, UnknownNameError
 from .jsonable import jsonable
 from .params import validate_params
@@ -107,13 +108,17 @@ class Engine:
         if preflight and task.check is not None:
             problems: dict = {}
             try:
-                problems = task.check(self, values) or {}
+                problems = task.check(self.check_context(task, values), values) or {}
             finally:
                 if problems or not keep_checks:
                     self.store.release_checks()
             if problems:
                 raise ParamValidationError(task.name, problems)
         return values
+
+    def check_context(self, task: Task, values: dict[str, Any]) -> CheckContext:
+        """The context a task's ``check(ctx, params)`` gets (no run exists yet)."""
+        return CheckContext(task=task.name, engine=self, params=values, show_progress=self.show_progress)
 
     # -- tracking -----------------------------------------------------------
     def ensure_tracking(self) -> str:

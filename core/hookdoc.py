@@ -131,11 +131,11 @@ def render_markdown() -> str:
 
 
 def _types() -> list[type]:
-    from .context import RunContext
+    from .context import CheckContext, RunContext
     from .registry import AttackSpec, DefenseSpec, ModelSpec, WorkflowSpec
     from .tasks import Task
 
-    return [Task, ModelSpec, AttackSpec, DefenseSpec, WorkflowSpec, RunContext]
+    return [Task, ModelSpec, AttackSpec, DefenseSpec, WorkflowSpec, CheckContext, RunContext]
 
 
 def _members(cls: type) -> list[tuple[str, str]]:

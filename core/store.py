@@ -1,7 +1,8 @@
 """The engine's in-process store: datasets, loaded models, and what a task's check hands to its run.
 
-Every :class:`~gnomon.core.engine.Engine` owns one :class:`Store` (``engine.store``); tasks reach
-it as ``ctx.engine.store`` (or through the helpers that take an engine or a context). Nothing
+Every :class:`~gnomon.core.engine.Engine` owns one :class:`Store` (``engine.store``); a task's
+``check(ctx, params)`` and its run ``fn(ctx, **params)`` reach the same one as ``ctx.store``
+(and the helpers reach it through the :class:`~gnomon.core.context.Services` they are given). Nothing
 here is module-level state: two engines never share entries, and an engine's entries go when
 the engine goes.
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .context import CheckContext
 
 #: Task categories, used to group ``gnomon tasks list``.
 CATEGORIES = ("data", "model", "attack", "defense", "evaluation", "utility")
@@ -18,12 +21,14 @@ class Task:
         summary: one line shown by ``gnomon tasks list``.
         schema: a ``marshmallow.Schema`` subclass; one field per parameter, each
             with a default (``load_default``) and ``metadata={"description": ...}``.
-        fn: ``fn(ctx, **params)``; may return a dict of outputs (e.g. the registered
-            model name) that workflows can refer to.
+        fn: ``fn(ctx, **params)`` with a :class:`~gnomon.core.context.RunContext`; may
+            return a dict of outputs (e.g. the registered model name) that workflows can
+            refer to.
         category: one of :data:`CATEGORIES`.
-        check: optional ``check(engine, params) -> dict[field, message]`` run after
-            schema validation and before any MLflow run is created, for checks that
-            need the tracking store (does the model exist? the dataset artifact?).
+        check: optional ``check(ctx, params) -> dict[field, message]`` with a
+            :class:`~gnomon.core.context.CheckContext`, run after schema validation and
+            before any MLflow run is created, for checks that need the tracking store
+            (does the model exist? the dataset artifact?). It runs once per run.
         description: longer help for ``gnomon tasks show``.
         plugin: filled in by the registry.
     """
@@ -31,9 +36,9 @@ class Task:
     name: str
     summary: str
     schema: type
-    fn: Callable[..., Any]
+    fn: Callable[..., Any]  # fn(ctx: RunContext, **params)
     category: str = "utility"
-    check: Callable[..., Any] | None = None
+    check: Callable[[CheckContext, dict[str, Any]], dict[str, Any] | None] | None = None
     description: str = ""
     plugin: str = ""
     tags: dict[str, str] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ._util import resolve_progress, run_chunks, worker_count
 from .dataset import ImageDataset, to_float, to_uint8
 from .errors import DatasetError
 from .folder import MANIFEST
+
+if TYPE_CHECKING:
+    from ..context import RunContext, Services
 
 FORMAT_VERSION = 1
 
@@ -144,14 +147,13 @@ def write_dataset_tar(dataset: ImageDataset, tar_path: Path, dataset_name: str, 
     return ImageDataset(to_float(u8), dataset.y.copy(), list(dataset.class_names), meta, names)
 
 
-def produced_by(ctx: Any) -> dict[str, Any]:
+def produced_by(ctx: RunContext) -> dict[str, Any]:
     """``{"task", "run_id", "params", "experiment"}`` of the run ``ctx`` describes."""
-    return {"task": getattr(ctx, "task", None), "run_id": getattr(ctx, "run_id", None),
-            "experiment": getattr(ctx, "experiment_name", None),
-            "params": jsonable(dict(getattr(ctx, "params", {}) or {}))}
+    return {"task": ctx.task, "run_id": ctx.run_id, "experiment": ctx.experiment_name,
+            "params": jsonable(dict(ctx.params or {}))}
 
 
-def write_dataset_artifact(ctx: Any, dataset: ImageDataset, tar_name: str, dataset_name: str, *,
+def write_dataset_artifact(ctx: RunContext, dataset: ImageDataset, tar_name: str, dataset_name: str, *,
                            progress: Any = None) -> ImageDataset:
     """Log ``dataset`` as the tar artifact ``tar_name`` holding folder ``dataset_name`` in ``ctx``'s run.
 
@@ -166,21 +168,19 @@ def write_dataset_artifact(ctx: Any, dataset: ImageDataset, tar_name: str, datas
     if meta.get("produced_by"):
         meta.setdefault("lineage", []).append(meta["produced_by"])
     meta["produced_by"] = produced_by(ctx)
-    workdir = Path(getattr(ctx, "workdir", None) or tempfile.mkdtemp(prefix="gnomon-"))
-    staging = workdir / f"dataset-{uuid.uuid4().hex[:8]}"
+    staging = ctx.workdir / f"dataset-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
-    if progress is None and hasattr(ctx, "progress"):
-        progress = ctx if getattr(ctx, "show_progress", True) else False
+    if progress is None:
+        progress = ctx if ctx.show_progress else False
     try:
         written = write_dataset_tar(dataset, staging / tar_name, dataset_name, progress=progress, metadata=meta)
         ctx.log_artifact(staging / tar_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    engine = _engine_of(ctx)
-    if getattr(ctx, "run_id", None) and hasattr(engine, "tracking_uri"):
+    if ctx.run_id:
         # a later step in this process reads exactly this back: keep it, served once the run finished
-        _memo(engine).put(_memo_key(engine, ctx.run_id, tar_name, dataset_name), _as_read_back(written, ctx.run_id, tar_name,
-                                                                                        dataset_name), pending=True)
+        ctx.store.datasets.put(_memo_key(ctx, ctx.run_id, tar_name, dataset_name),
+                               _as_read_back(written, ctx.run_id, tar_name, dataset_name), pending=True)
     return written
 
 
@@ -192,9 +192,9 @@ def _as_read_back(dataset: ImageDataset, run_id: str, tar_name: str, dataset_nam
     return out
 
 
-def _memo_key(engine: Any, run_id: str, tar_name: str, dataset_name: str, image_size: Any = None,
+def _memo_key(services: Services, run_id: str, tar_name: str, dataset_name: str, image_size: Any = None,
               color_mode: str | None = None) -> tuple:
-    return (engine.tracking_uri, run_id, tar_name, dataset_name, repr(image_size), color_mode)
+    return (services.tracking_uri, run_id, tar_name, dataset_name, repr(image_size), color_mode)
 
 
 def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any = None,
@@ -266,49 +266,15 @@ def load_dataset_tar(tar_path: str | Path, dataset_name: str, *, image_size: Any
 
 
 # -- reading ----------------------------------------------------------------
-class _NoMemo:
-    """For callers with no engine store (nothing is remembered)."""
-
-    entries: dict = {}
-
-    def get(self, key, confirm=None):
-        return None
-
-    def put(self, key, dataset, *, pending: bool = False) -> None:
-        pass
-
-
-def _memo(engine: Any):
-    store = getattr(engine, "store", None)
-    return store.datasets if store is not None else _NoMemo()
-
-
-def _engine_of(engine_or_ctx: Any) -> Any:
-    return getattr(engine_or_ctx, "engine", None) or engine_or_ctx
-
-
-def _client(engine: Any):
-    if hasattr(engine, "mlflow_client"):
-        return engine.mlflow_client()
-    import mlflow
-
-    return mlflow.MlflowClient()
-
-
-def _tracking_uri(engine: Any) -> str:
-    return getattr(engine, "tracking_uri", None) or "the MLflow tracking store"
-
-
-def check_artifact(engine: Any, run_id: str, tar_name: str) -> str | None:
+def check_artifact(services: Services, run_id: str, tar_name: str) -> str | None:
     """A message if run ``run_id`` does not exist or has no artifact ``tar_name``; None if fine."""
     from mlflow.exceptions import MlflowException
 
-    engine = _engine_of(engine)
-    client = _client(engine)
+    client = services.mlflow_client()
     try:
         client.get_run(run_id)
     except MlflowException:
-        return f"no MLflow run '{run_id}' in {_tracking_uri(engine)}"
+        return f"no MLflow run '{run_id}' in {services.tracking_uri}"
     try:
         names = [a.path for a in client.list_artifacts(run_id)]
     except Exception as exc:  # artifact store unreachable
@@ -320,7 +286,7 @@ def check_artifact(engine: Any, run_id: str, tar_name: str) -> str | None:
     return None
 
 
-def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name: str, *,
+def read_dataset_artifact(services: Services, run_id: str, tar_name: str, dataset_name: str, *,
                           image_size: Any = None, color_mode: str | None = None,
                           progress: Any = None) -> ImageDataset:
     """Download tar artifact ``tar_name`` of run ``run_id`` and load its folder ``dataset_name``.
@@ -335,38 +301,36 @@ def read_dataset_artifact(engine: Any, run_id: str, tar_name: str, dataset_name:
         raise DatasetError("a run id is needed to read a dataset artifact")
     tar_name = _check_name(tar_name, "dataset_tar_name", tar=True)
     dataset_name = _check_name(dataset_name, "dataset_name")
-    engine = _engine_of(engine)
-    key = _memo_key(engine, run_id, tar_name, dataset_name, image_size, color_mode)
-    cached = _memo(engine).get(key, confirm=lambda: _run_finished(engine, run_id))
+    key = _memo_key(services, run_id, tar_name, dataset_name, image_size, color_mode)
+    cached = services.store.datasets.get(key, confirm=lambda: _run_finished(services, run_id))
     if cached is not None:
         return _copy_dataset(cached)
-    problem = check_artifact(engine, run_id, tar_name)
+    problem = check_artifact(services, run_id, tar_name)
     if problem:
         raise DatasetError(problem)
     tmp = Path(tempfile.mkdtemp(prefix="gnomon-dataset-"))
     try:
-        local = Path(_client(engine).download_artifacts(run_id, tar_name, str(tmp)))
+        local = Path(services.mlflow_client().download_artifacts(run_id, tar_name, str(tmp)))
         dataset = load_dataset_tar(local, dataset_name, image_size=image_size, color_mode=color_mode,
                                    progress=progress, label=f"'{tar_name}' of run '{run_id}'")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dataset.metadata.setdefault("source", f"runs:/{run_id}/{tar_name}#{dataset_name}")
     dataset.metadata["artifact"] = {"run_id": run_id, "tar_name": tar_name, "dataset_name": dataset_name}
-    if _run_finished(engine, run_id):
-        _memo(engine).put(key, dataset)
+    if _run_finished(services, run_id):
+        services.store.datasets.put(key, dataset)
         return _copy_dataset(dataset)
     return dataset
 
 
-def dataset_in_memory(engine: Any, run_id: str, tar_name: str, dataset_name: str) -> ImageDataset | None:
+def dataset_in_memory(services: Services, run_id: str, tar_name: str, dataset_name: str) -> ImageDataset | None:
     """The artifact's dataset if this process already holds it (read or written here, run FINISHED), else None.
 
     For readers that only want a peek (a report's example images) and would rather not download
     and open the tar when the data is at hand. The returned dataset is shared: do not modify it.
     """
-    engine = _engine_of(engine)
-    key = _memo_key(engine, run_id, tar_name, dataset_name)
-    return _memo(engine).get(key, confirm=lambda: _run_finished(engine, run_id))
+    key = _memo_key(services, run_id, tar_name, dataset_name)
+    return services.store.datasets.get(key, confirm=lambda: _run_finished(services, run_id))
 
 
 def _memo_budget() -> int:
@@ -425,8 +389,8 @@ def _copy_dataset(dataset: ImageDataset) -> ImageDataset:
                            files=list(dataset.files) if dataset.files is not None else None)
 
 
-def _run_finished(engine: Any, run_id: str) -> bool:
+def _run_finished(services: Services, run_id: str) -> bool:
     try:
-        return _client(engine).get_run(run_id).info.status == "FINISHED"
+        return services.mlflow_client().get_run(run_id).info.status == "FINISHED"
     except Exception:
         return False

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..context import Services
+
 from typing import Any
 
 from ..errors import GnomonError
@@ -24,9 +29,9 @@ def quiet_tensorflow() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 
-def build_model(engine, architecture: str, input_shape, n_classes: int):
+def build_model(services: Services, architecture: str, input_shape, n_classes: int):
     """Build the registered architecture ``architecture`` for ``input_shape`` (h, w, c) and ``n_classes``."""
-    spec = engine.registry.get("model", architecture)
+    spec = services.registry.get("model", architecture)
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3:
         raise GnomonError(f"model '{architecture}': input_shape must be (height, width, channels), got {shape}")

@@ -1,22 +1,27 @@
 """Loading registered models, remembered by the engine's store (``GNOMON_MODEL_MEMO``).
 
 A registered model version does not change, so the steps of a workflow that evaluate the same
-model twelve times load (and trace its predict function) once: ``engine.store.models``. The key
+model twelve times load (and trace its predict function) once: ``services.store.models``. The key
 holds the version's run id and creation time, so a model deleted and registered again under the
 same name and version number is never served stale.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..context import Services
+
 from .refs import resolve_model_ref
 
 
-def _memo_key(engine, name: str, version: str) -> tuple:
-    mv = engine.mlflow_client().get_model_version(name, version)
-    return (str(engine.tracking_uri), name, str(version), mv.run_id, mv.creation_timestamp)
+def _memo_key(services: Services, name: str, version: str) -> tuple:
+    mv = services.mlflow_client().get_model_version(name, version)
+    return (str(services.tracking_uri), name, str(version), mv.run_id, mv.creation_timestamp)
 
 
-def load_registered_model(engine, ref: str):
+def load_registered_model(services: Services, ref: str):
     """Load registered model ``name`` or ``name/version`` as a Keras model (compiled if it was).
 
     The model is shared with later callers of the same engine (``GNOMON_MODEL_MEMO``): evaluate and
@@ -24,9 +29,9 @@ def load_registered_model(engine, ref: str):
     """
     import mlflow.keras
 
-    name, version = resolve_model_ref(engine, ref)
-    key = _memo_key(engine, name, version)
-    memo = engine.store.models
+    name, version = resolve_model_ref(services, ref)
+    key = _memo_key(services, name, version)
+    memo = services.store.models
     model = memo.get(key)
     if model is not None:
         return model
@@ -39,6 +44,6 @@ def load_registered_model(engine, ref: str):
     return model
 
 
-def remember_loaded(engine, name: str, version: str, model) -> None:
+def remember_loaded(services: Services, name: str, version: str, model) -> None:
     """Keep ``model`` as the loaded copy of registered version ``name/version`` (just logged by this process)."""
-    engine.store.models.put(_memo_key(engine, name, version), model)
+    services.store.models.put(_memo_key(services, name, version), model)

@@ -58,7 +58,7 @@ def log_and_register(ctx, model, name: str, register: bool = True, *, architectu
             client.set_model_version_tag(name, version, key, value)
         out.update(model_name=name, model_version=version)
         # later steps in this process that load this version get the model in memory
-        remember_loaded(ctx.engine, name, version, model)
+        remember_loaded(ctx, name, version, model)
         ctx.output("model_name", name)
         ctx.output("model_version", version)
     ctx.output("model_uri", info.model_uri)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..context import Services
+
 from .names import TAG_ARCHITECTURE, TAG_CLASS_NAMES, ModelNotFoundError
 
 
@@ -23,12 +28,12 @@ def parse_model_ref(ref: str) -> tuple[str, str | None]:
     return name, version
 
 
-def resolve_model_ref(engine, ref: str) -> tuple[str, str]:
+def resolve_model_ref(services: Services, ref: str) -> tuple[str, str]:
     """``(name, version)`` of an existing registered model version; raises :class:`ModelNotFoundError`."""
     from mlflow.exceptions import MlflowException
 
     name, version = parse_model_ref(ref)
-    client = engine.mlflow_client()
+    client = services.mlflow_client()
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException as exc:  # pragma: no cover - store errors
@@ -37,7 +42,7 @@ def resolve_model_ref(engine, ref: str) -> tuple[str, str]:
     if not numbers:
         known = sorted(m.name for m in client.search_registered_models())
         hint = f" Registered models: {', '.join(known)}." if known else " No model is registered yet (train with -P register_model=true)."
-        raise ModelNotFoundError(f"no registered model named '{name}' in {engine.tracking_uri}.{hint}")
+        raise ModelNotFoundError(f"no registered model named '{name}' in {services.tracking_uri}.{hint}")
     if version is None:
         return name, str(numbers[-1])
     if int(version) not in numbers:
@@ -46,25 +51,25 @@ def resolve_model_ref(engine, ref: str) -> tuple[str, str]:
     return name, version
 
 
-def check_model_ref(engine, ref: str | None) -> str | None:
+def check_model_ref(services: Services, ref: str | None) -> str | None:
     """For a task's ``check``: ``None`` if ``ref`` names an existing model version, else the message."""
     if not ref:
         return None
     try:
-        resolve_model_ref(engine, ref)
+        resolve_model_ref(services, ref)
     except ModelNotFoundError as exc:
         return str(exc)
     return None
 
 
-def model_version_tags(engine, ref: str) -> dict[str, str]:
+def model_version_tags(services: Services, ref: str) -> dict[str, str]:
     """The tags of a registered model version (architecture, class names, input shape...)."""
-    name, version = resolve_model_ref(engine, ref)
-    mv = engine.mlflow_client().get_model_version(name, version)
+    name, version = resolve_model_ref(services, ref)
+    mv = services.mlflow_client().get_model_version(name, version)
     return dict(mv.tags or {})
 
 
-def check_model(engine, params: dict, *, model_field: str = "model",
+def check_model(services: Services, params: dict, *, model_field: str = "model",
                 architecture_field: str | None = "model_architecture",
                 target_class_field: str | None = None) -> dict[str, str]:
     """For a task's ``check``: the one test that a model reference exists and fits the other params.
@@ -82,11 +87,11 @@ def check_model(engine, params: dict, *, model_field: str = "model",
     ref = params.get(model_field)
     if not ref:
         return {}
-    problem = check_model_ref(engine, ref)
+    problem = check_model_ref(services, ref)
     if problem:
         return {model_field: problem}
     problems: dict[str, str] = {}
-    tags = model_version_tags(engine, ref)
+    tags = model_version_tags(services, ref)
     wanted = params.get(architecture_field) if architecture_field else None
     recorded = tags.get(TAG_ARCHITECTURE)
     if wanted and recorded and recorded != wanted:
@@ -99,6 +104,6 @@ def check_model(engine, params: dict, *, model_field: str = "model",
     return problems
 
 
-def recorded_architecture(engine, ref: str) -> str | None:
+def recorded_architecture(services: Services, ref: str) -> str | None:
     """The architecture a registered model version was built as (its ``gnomon.model_architecture`` tag)."""
-    return (model_version_tags(engine, ref) or {}).get(TAG_ARCHITECTURE)
+    return (model_version_tags(services, ref) or {}).get(TAG_ARCHITECTURE)

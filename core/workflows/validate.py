@@ -147,7 +147,7 @@ def plan_workflow(engine, workflow: Workflow, variables: dict[str, Any], *, pref
     with failures_remembered():  # offline, the MNIST mirrors are tried once, not once per step
         for step, task, values in checks:
             try:
-                found = task.check(engine, values) or {}
+                found = task.check(engine.check_context(task, values), values) or {}
             except GnomonError as exc:
                 found = {"(check)": str(exc)}
             for field, message in found.items():

@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -40,6 +40,9 @@ from gnomon.core.fields import (
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext, Services, TaskContext
 
 from .conventions import DEFAULT_MODEL
 from .triggers import DEFAULT_TRIGGER, TRIGGER_KIND, TriggerError, make_trigger
@@ -113,33 +116,28 @@ def _target_field(default: int = 1) -> fields.Integer:
 # -- datasets: loaded once by check, handed to the task through the engine's store --------
 
 
-def _source_key(engine_or_ctx: Any, params: dict[str, Any], run_id_field: str, data_dir_field: str,
-                default_split: str) -> tuple:
-    engine = getattr(engine_or_ctx, "engine", None) or engine_or_ctx
+def _load(ctx: TaskContext, params: dict[str, Any] | None = None, *, run_id_field: str | None = None,
+          data_dir_field: str | None = None, default_split: str | None = None, keep: bool = False):
+    """The dataset the params name (the task's own by default); a check (``keep``) leaves it for the run."""
+    from gnomon.core.datasets.resolve import resolve_dataset, source_settings
+
+    params, run_id_field, data_dir_field, default_split = source_settings(ctx, params, run_id_field, data_dir_field,
+                                                                          default_split)
     keys = ("load_dataset_from_mlruns", run_id_field, "dataset_tar_name", "dataset_name", data_dir_field)
-    return (getattr(engine, "tracking_uri", None), default_split, *(str(params.get(k)) for k in keys))
-
-
-def _load(engine_or_ctx: Any, params: dict[str, Any], *, run_id_field: str, data_dir_field: str,
-          default_split: str, keep: bool = False):
-    """The dataset the params name; a check (``keep``) leaves it for the task run that follows."""
-    from gnomon.core.datasets import resolve_dataset
-
-    store = (getattr(engine_or_ctx, "engine", None) or engine_or_ctx).store
-    key = _source_key(engine_or_ctx, params, run_id_field, data_dir_field, default_split)
-    dataset = store.peek_for_run(key) if keep else store.take_for_run(key)
+    key = (ctx.tracking_uri, default_split, *(str(params.get(k)) for k in keys))
+    dataset = ctx.store.peek_for_run(key) if keep else ctx.store.take_for_run(key)
     if dataset is None:
-        dataset = resolve_dataset(engine_or_ctx, params, run_id_field=run_id_field, data_dir_field=data_dir_field,
+        dataset = resolve_dataset(ctx, params, run_id_field=run_id_field, data_dir_field=data_dir_field,
                                   default_split=default_split)
         if keep:
-            store.keep_for_run(key, dataset)
+            ctx.store.keep_for_run(key, dataset)
     return dataset
 
 
-def _load_test_set(engine_or_ctx: Any, data_dir: str | None, keep: bool = False):
+def _load_test_set(ctx: TaskContext, data_dir: str | None, keep: bool = False):
     params = {"data_dir_test": data_dir, "load_dataset_from_mlruns": False}
-    return _load(engine_or_ctx, params, run_id_field="__none__", data_dir_field="data_dir_test",
-                 default_split="testing", keep=keep)
+    return _load(ctx, params, run_id_field="__none__", data_dir_field="data_dir_test", default_split="testing",
+                 keep=keep)
 
 
 def _dataset_problem(field: str, exc: Exception) -> dict[str, str]:
@@ -259,20 +257,19 @@ def _test_data_split(params: dict[str, Any]) -> str:
     return "training" if params.get("label_type") == "train" else "testing"
 
 
-def check_poison_test_data(engine: Any, params: dict[str, Any]) -> dict[str, str]:
+def check_poison_test_data(ctx: CheckContext, params: dict[str, Any]) -> dict[str, str]:
     """Dataset source exists, target class is one of its classes, the trigger fits its images."""
     from gnomon.core.datasets.resolve import check_dataset_source
 
-    problems = check_dataset_source(engine, params, run_id_field="dataset_run_id", data_dir_field="data_dir")
+    problems = check_dataset_source(ctx)
     if problems:
         return problems
     try:
-        dataset = _load(engine, params, run_id_field="dataset_run_id", data_dir_field="data_dir",
-                        default_split=_test_data_split(params), keep=True)
+        dataset = _load(ctx, default_split=_test_data_split(params), keep=True)
     except Exception as exc:
         return _dataset_problem("data_dir" if not params.get("load_dataset_from_mlruns") else "dataset_name", exc)
     problems.update(_check_target("target_class", params["target_class"], dataset.n_classes, "dataset"))
-    problems.update(_check_trigger_fits(engine.registry, params, dataset))
+    problems.update(_check_trigger_fits(ctx.registry, params, dataset))
     return problems
 
 
@@ -285,12 +282,11 @@ def gen_poison_test_data(ctx: Any, **params: Any) -> dict[str, Any]:
     from gnomon.core.models import one_hot
 
     label_type, target = params["label_type"], int(params["target_class"])
-    dataset = _load(ctx, params, run_id_field="dataset_run_id", data_dir_field="data_dir",
-                    default_split=_test_data_split(params))
+    dataset = _load(ctx, default_split=_test_data_split(params))
     if target >= dataset.n_classes:
         raise ValueError(f"target_class {target} is outside the dataset's classes 0..{dataset.n_classes - 1}")
     indices = _choose(ctx, np.arange(len(dataset)), params["poison_fraction"])
-    trigger = make_trigger(ctx.engine.registry, params["trigger"], params.get("trigger_options") or {})
+    trigger = make_trigger(ctx.registry, params["trigger"], params.get("trigger_options") or {})
     backdoor = PoisoningAttackBackdoor(trigger)
 
     started = time.perf_counter()
@@ -363,13 +359,12 @@ def _feature_layer(params: dict[str, Any], n_layers: int) -> int:
     return n_layers - 2 if index is None else int(index)
 
 
-def check_poison_model(engine: Any, params: dict[str, Any]) -> dict[str, str]:
+def check_poison_model(ctx: CheckContext, params: dict[str, Any]) -> dict[str, str]:
     """Datasets exist and agree, target class is a class, the feature layer exists in the architecture."""
     from gnomon.core.datasets.resolve import check_dataset_source
     from gnomon.core.models import build_model
 
-    problems = check_dataset_source(engine, params, run_id_field="training_dataset_run_id",
-                                    data_dir_field="data_dir_train")
+    problems = check_dataset_source(ctx)
     test_dir = params.get("data_dir_test")
     if test_dir:
         from pathlib import Path
@@ -379,13 +374,12 @@ def check_poison_model(engine: Any, params: dict[str, Any]) -> dict[str, str]:
     if problems:
         return problems
     try:
-        train = _load(engine, params, run_id_field="training_dataset_run_id", data_dir_field="data_dir_train",
-                      default_split="training", keep=True)
+        train = _load(ctx, keep=True)
     except Exception as exc:
         return _dataset_problem("data_dir_train" if not params.get("load_dataset_from_mlruns") else "dataset_name",
                                 exc)
     try:
-        test = _load_test_set(engine, test_dir, keep=True)
+        test = _load_test_set(ctx, test_dir, keep=True)
     except Exception as exc:
         return _dataset_problem("data_dir_test", exc)
     if test.image_shape != train.image_shape:
@@ -395,13 +389,13 @@ def check_poison_model(engine: Any, params: dict[str, Any]) -> dict[str, str]:
         problems["data_dir_test"] = (f"test classes {test.class_names} differ from training classes "
                                      f"{train.class_names}")
     problems.update(_check_target("target_class_id", params["target_class_id"], train.n_classes, "training set"))
-    problems.update(_check_trigger_fits(engine.registry, params, train))
+    problems.update(_check_trigger_fits(ctx.registry, params, train))
     if len(train) < 2:
         problems["data_dir_train"] = f"the training set has {len(train)} samples; need at least 2"
     if problems:
         return problems
     try:
-        model = build_model(engine, params["model_architecture"], train.image_shape, train.n_classes)
+        model = build_model(ctx, params["model_architecture"], train.image_shape, train.n_classes)
     except Exception as exc:
         return {"model_architecture": f"cannot build '{params['model_architecture']}' for {train.image_shape} "
                                       f"images and {train.n_classes} classes: {exc}"}
@@ -441,8 +435,7 @@ def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
         training_callback,
     )
 
-    train = _load(ctx, params, run_id_field="training_dataset_run_id", data_dir_field="data_dir_train",
-                  default_split="training")
+    train = _load(ctx)
     test = _load_test_set(ctx, params.get("data_dir_test"))
     target = int(params["target_class_id"])
     n_classes = train.n_classes
@@ -457,10 +450,10 @@ def gen_poison_model(ctx: Any, **params: Any) -> dict[str, Any]:
     from art.attacks.poisoning import PoisoningAttackAdversarialEmbedding, PoisoningAttackBackdoor
     from art.estimators.classification import KerasClassifier
 
-    model = compile_model(build_model(ctx.engine, params["model_architecture"], train.image_shape, n_classes),
+    model = compile_model(build_model(ctx, params["model_architecture"], train.image_shape, n_classes),
                           params["optimizer"], params["learning_rate"])
     layer = _feature_layer(params, len(model.layers))
-    trigger = make_trigger(ctx.engine.registry, params["trigger"], params.get("trigger_options") or {})
+    trigger = make_trigger(ctx.registry, params["trigger"], params.get("trigger_options") or {})
     classifier = KerasClassifier(model, clip_values=(0.0, 1.0))
     attack = PoisoningAttackAdversarialEmbedding(
         classifier, PoisoningAttackBackdoor(trigger), feature_layer=layer,
@@ -552,35 +545,34 @@ def _norm_value(norm: str):
     return np.inf if norm == "inf" else int(norm)
 
 
-def _proxy_shape_and_classes(engine: Any, ref: str) -> tuple[tuple, int]:
+def _proxy_shape_and_classes(services: Services, ref: str) -> tuple[tuple, int]:
     """(input shape (h, w, c), number of classes) of registered model ``ref``, from its tags or the model."""
     from gnomon.core.models import TAG_CLASS_NAMES, TAG_INPUT_SHAPE, model_version_tags
 
-    tags = model_version_tags(engine, ref)
+    tags = model_version_tags(services, ref)
     if TAG_INPUT_SHAPE in tags and TAG_CLASS_NAMES in tags:
         return tuple(json.loads(tags[TAG_INPUT_SHAPE])), len(json.loads(tags[TAG_CLASS_NAMES]))
     from gnomon.core.models import input_shape_of, load_registered_model, n_outputs
 
-    model = load_registered_model(engine, ref)
+    model = load_registered_model(services, ref)
     return input_shape_of(model), n_outputs(model)
 
 
-def check_poison_clean_data(engine: Any, params: dict[str, Any]) -> dict[str, str]:
+def check_poison_clean_data(ctx: CheckContext, params: dict[str, Any]) -> dict[str, str]:
     """Proxy model exists and takes these images; target class is one of its classes and has samples."""
     from gnomon.core.datasets.resolve import check_dataset_source
     from gnomon.core.models import check_model
 
-    problems = check_dataset_source(engine, params, run_id_field="dataset_run_id", data_dir_field="data_dir")
-    problems.update(check_model(engine, params, architecture_field=None))
+    problems = check_dataset_source(ctx)
+    problems.update(check_model(ctx, params, architecture_field=None))
     if problems:
         return problems
     try:
-        shape, n_model_classes = _proxy_shape_and_classes(engine, params["model"])
+        shape, n_model_classes = _proxy_shape_and_classes(ctx, params["model"])
     except Exception as exc:
         return {"model": f"cannot read registered model '{params['model']}': {type(exc).__name__}: {exc}"}
     try:
-        dataset = _load(engine, params, run_id_field="dataset_run_id", data_dir_field="data_dir",
-                        default_split="training", keep=True)
+        dataset = _load(ctx, keep=True)
     except Exception as exc:
         return _dataset_problem("data_dir" if not params.get("load_dataset_from_mlruns") else "dataset_name", exc)
     target = int(params["target_class"])
@@ -596,7 +588,7 @@ def check_poison_clean_data(engine: Any, params: dict[str, Any]) -> dict[str, st
                            f"{tuple(shape)}; use data of the model's shape")
     if not problems and params["poison_fraction"] > 0 and not (dataset.y == target).any():
         problems["target_class"] = f"the dataset has no samples of class {target} to poison"
-    problems.update(_check_trigger_fits(engine.registry, params, dataset))
+    problems.update(_check_trigger_fits(ctx.registry, params, dataset))
     return problems
 
 
@@ -617,13 +609,13 @@ def gen_poison_clean_data(ctx: Any, **params: Any) -> dict[str, Any]:
     from gnomon.core.datasets import write_dataset_artifact
     from gnomon.core.models import load_registered_model, one_hot, resolve_model_ref
 
-    dataset = _load(ctx, params, run_id_field="dataset_run_id", data_dir_field="data_dir", default_split="training")
+    dataset = _load(ctx)
     target = int(params["target_class"])
     ctx.seed_tensorflow()
-    name, version = resolve_model_ref(ctx.engine, params["model"])
-    proxy = _proxy_classifier(load_registered_model(ctx.engine, f"{name}/{version}"))
+    name, version = resolve_model_ref(ctx, params["model"])
+    proxy = _proxy_classifier(load_registered_model(ctx, f"{name}/{version}"))
     n_classes = proxy.nb_classes
-    trigger = make_trigger(ctx.engine.registry, params["trigger"], params.get("trigger_options") or {})
+    trigger = make_trigger(ctx.registry, params["trigger"], params.get("trigger_options") or {})
     target_onehot = one_hot(np.array([target]), n_classes)[0]
     attack = PoisoningAttackCleanLabelBackdoor(
         backdoor=PoisoningAttackBackdoor(trigger), proxy_classifier=proxy, target=target_onehot,

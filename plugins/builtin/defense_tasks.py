@@ -17,7 +17,7 @@ rejected by parameter validation, before any run exists.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
@@ -25,6 +25,9 @@ from gnomon.core.fields import Bool, PositiveFloat, PositiveInt
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import BatchSize, DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext
 
 from .conventions import DEFAULT_MODEL
 from .defenses import flag_problems
@@ -211,7 +214,7 @@ def defend(ctx, name: str, dataset, params: dict[str, Any]):
 
     clip_values = clip_values_for(dataset.x)
     options = OPTIONS[name](params, clip_values)
-    spec = ctx.engine.registry.get("defense", name)
+    spec = ctx.registry.get("defense", name)
     preprocessor = spec.factory(**options)
     if options.get("augmentation"):
         defended, sources = augment(ctx, preprocessor, dataset)
@@ -227,13 +230,13 @@ def defend(ctx, name: str, dataset, params: dict[str, Any]):
 
 
 # -- the tasks ----------------------------------------------------------------
-def _check(engine, params: dict[str, Any]) -> dict[str, str]:
+def _check(ctx: CheckContext, params: dict[str, Any]) -> dict[str, str]:
     from gnomon.core.datasets import check_dataset_source
     from gnomon.core.models import check_model
 
-    problems = dict(check_dataset_source(engine, params, run_id_field="dataset_run_id"))
+    problems = dict(check_dataset_source(ctx))
     # model_architecture defaults to le_net here, so a mismatch is only noted at run time
-    problems.update(check_model(engine, params, architecture_field=None))
+    problems.update(check_model(ctx, params, architecture_field=None))
     return problems
 
 
@@ -245,13 +248,13 @@ def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    dataset = resolve_dataset(ctx, params, run_id_field="dataset_run_id")
+    dataset = resolve_dataset(ctx)
     timings["time_load_s"] = time.perf_counter() - t
     ctx.info(f"read {len(dataset)} images {dataset.image_shape} in {len(dataset.class_names)} classes")
 
     t = time.perf_counter()
-    model = load_registered_model(ctx.engine, params["model"])
-    tagged = recorded_architecture(ctx.engine, params["model"])
+    model = load_registered_model(ctx, params["model"])
+    tagged = recorded_architecture(ctx, params["model"])
     if tagged and tagged != params["model_architecture"]:
         ctx.info(f"note: model '{params['model']}' was built as '{tagged}', not '{params['model_architecture']}'")
     timings["time_model_load_s"] = time.perf_counter() - t

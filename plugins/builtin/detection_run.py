@@ -30,7 +30,7 @@ class Timer:
 def _load_model(ctx, params):
     from gnomon.core.models import load_registered_model
 
-    return load_registered_model(ctx.engine, params["model"])
+    return load_registered_model(ctx, params["model"])
 
 
 def _ground_truth(dataset):
@@ -382,7 +382,7 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
             shown.append((f"after {mitigation}: ASR", f"{metrics['repaired_attack_success_rate']:.1%}"))
         ctx.log_metric("mitigation_applied", float(bool(flagged)))
         if mitigation in ("unlearning", "pruning"):
-            architecture = recorded_architecture(ctx.engine, params["model"]) or model.name
+            architecture = recorded_architecture(ctx, params["model"]) or model.name
             name = registered_model_name(ctx.experiment_name or "gnomon", architecture, params["model_tag"])
             with timer("register"):
                 outputs.update(log_and_register(ctx, model, name, True, architecture=architecture,
@@ -403,7 +403,7 @@ def _repaired_metrics(ctx, params, nc, model, mitigation) -> dict[str, float]:
     clean = _folder_or_mnist(ctx, params.get("test_data_dir"), "testing")
     sets = [("", clean)]
     if params.get("triggered_run_id"):
-        sets.append(("triggered_", read_dataset_artifact(ctx.engine, str(params["triggered_run_id"]),
+        sets.append(("triggered_", read_dataset_artifact(ctx, str(params["triggered_run_id"]),
                                                          params["triggered_tar_name"],
                                                          params["triggered_dataset_name"])))
     out: dict[str, float] = {}

@@ -14,7 +14,7 @@ a mitigation the architecture cannot support) in ``check``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
@@ -22,6 +22,9 @@ from gnomon.core.fields import Bool, PositiveInt
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext
 
 #: What the detectors read by default from another run (gen_poison_test_data's default artifact).
 DEFAULT_TAR = "adversarial_poison.tar.gz"
@@ -202,19 +205,19 @@ class NeuralCleanseSchema(_NeuralCleanseChecks, TaskSchema, DatasetSource("datas
 
 # -- checks (before any run) ------------------------------------------------------------------------
 
-def _model_problems(engine, params: dict[str, Any]) -> tuple[dict[str, str], Any]:
+def _model_problems(ctx: CheckContext, params: dict[str, Any]) -> tuple[dict[str, str], Any]:
     from gnomon.core.models import check_model_ref, load_registered_model
 
-    message = check_model_ref(engine, params.get("model"))
+    message = check_model_ref(ctx, params.get("model"))
     if message:
         return {"model": message}, None
-    return {}, load_registered_model(engine, params["model"])
+    return {}, load_registered_model(ctx, params["model"])
 
 
-def _check_dataset(engine, params, field="dataset_run_id") -> dict[str, str]:
+def _check_dataset(ctx: CheckContext, params, field="dataset_run_id") -> dict[str, str]:
     from gnomon.core.datasets import check_dataset_source
 
-    return dict(check_dataset_source(engine, params, run_id_field=field))
+    return dict(check_dataset_source(ctx, params, run_id_field=field))
 
 
 def _check_folder(params, *names) -> dict[str, str]:
@@ -233,12 +236,12 @@ def _check_classes(params, model) -> dict[str, str]:
     return {"classes": f"class {bad[0]} is outside the model's classes 0..{n - 1}"} if bad else {}
 
 
-def check_activation_clustering(engine, params):
+def check_activation_clustering(ctx: CheckContext, params):
     """Dataset exists, model exists, ``layer`` is one of its hidden layers, ``classes`` within its classes."""
     from .detection_art import hidden_layer_count
 
-    problems = _check_dataset(engine, params)
-    model_problems, model = _model_problems(engine, params)
+    problems = _check_dataset(ctx, params)
+    model_problems, model = _model_problems(ctx, params)
     problems.update(model_problems)
     if model is not None:
         problems.update(_check_classes(params, model))
@@ -250,19 +253,19 @@ def check_activation_clustering(engine, params):
     return problems
 
 
-def check_spectral_signatures(engine, params):
-    problems = _check_dataset(engine, params)
-    model_problems, model = _model_problems(engine, params)
+def check_spectral_signatures(ctx: CheckContext, params):
+    problems = _check_dataset(ctx, params)
+    model_problems, model = _model_problems(ctx, params)
     problems.update(model_problems)
     if model is not None:
         problems.update(_check_classes(params, model))
     return problems
 
 
-def check_strip(engine, params):
-    problems = _check_dataset(engine, params)
+def check_strip(ctx: CheckContext, params):
+    problems = _check_dataset(ctx, params)
     problems.update(_check_folder(params, "clean_data_dir", "reference_data_dir"))
-    problems.update(_model_problems(engine, params)[0])
+    problems.update(_model_problems(ctx, params)[0])
     return problems
 
 
@@ -285,19 +288,19 @@ def pruning_layer_problem(model) -> str | None:
     return None
 
 
-def check_neural_cleanse(engine, params):
+def check_neural_cleanse(ctx: CheckContext, params):
     from gnomon.core.datasets.artifacts import check_artifact
 
-    problems = _check_dataset(engine, params)
+    problems = _check_dataset(ctx, params)
     problems.update(_check_folder(params, "test_data_dir"))
-    model_problems, model = _model_problems(engine, params)
+    model_problems, model = _model_problems(ctx, params)
     problems.update(model_problems)
     if model is not None and params.get("mitigation") in ("pruning", "filtering"):
         reason = pruning_layer_problem(model)
         if reason:
             problems["mitigation"] = f"'{params['mitigation']}' is not possible for model '{params['model']}': {reason}"
     if params.get("triggered_run_id"):
-        problem = check_artifact(engine, str(params["triggered_run_id"]), str(params.get("triggered_tar_name") or ""))
+        problem = check_artifact(ctx, str(params["triggered_run_id"]), str(params.get("triggered_tar_name") or ""))
         if problem:
             problems["triggered_run_id"] = problem
     return problems

@@ -6,7 +6,7 @@ inside the task functions only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
@@ -14,6 +14,9 @@ from gnomon.core.fields import Bool, NonNegativeInt, PositiveFloat, PositiveInt,
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema, Training
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext
 
 from .conventions import ADV_TESTING_NAME, ADV_TESTING_TAR, DEFAULT_MODEL
 
@@ -178,8 +181,7 @@ def train(ctx, **p) -> dict[str, Any]:
 
     M.quiet_tensorflow()
     ctx.seed_tensorflow()
-    train_all = resolve_dataset(ctx, p, run_id_field="training_dataset_run_id", data_dir_field="data_dir_train",
-                                default_split="training")
+    train_all = resolve_dataset(ctx)  # the schema's DatasetSource: data_dir_train or training_dataset_run_id
     test = resolve_dataset(ctx, {"data_dir": p["data_dir_test"]}, run_id_field="run_id", default_split="testing")
     test = _align_classes(test, train_all.class_names, "the test set")
     if p["validation_split"] > 0:
@@ -195,7 +197,7 @@ def train(ctx, **p) -> dict[str, Any]:
     ctx.info(f"{len(train_ds)} training, {0 if val_ds is None else len(val_ds)} validation, {len(test)} test "
              f"images of {train_ds.image_shape}, {n_classes} classes")
 
-    model = M.build_model(ctx.engine, p["model_architecture"], train_ds.image_shape, n_classes)
+    model = M.build_model(ctx, p["model_architecture"], train_ds.image_shape, n_classes)
     M.compile_model(model, p["optimizer"], p["learning_rate"])
     x, y = train_ds.x, M.one_hot(train_ds.y, n_classes)
     validation = None if val_ds is None else (val_ds.x, M.one_hot(val_ds.y, n_classes))
@@ -250,14 +252,13 @@ def train(ctx, **p) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k in ("model_name", "model_version", "model_uri")}
 
 
-def check_train(engine, params) -> dict[str, str]:
+def check_train(ctx: CheckContext, params) -> dict[str, str]:
     """Preflight: the training dataset artifact (with load_dataset_from_mlruns) and folders exist."""
     from pathlib import Path
 
     from gnomon.core.datasets import check_dataset_source
 
-    problems = dict(check_dataset_source(engine, params, run_id_field="training_dataset_run_id",
-                                         data_dir_field="data_dir_train"))
+    problems = dict(check_dataset_source(ctx))
     folder = params.get("data_dir_test")
     if folder and not Path(folder).expanduser().is_dir():
         problems["data_dir_test"] = f"'{folder}' is not a folder (expected <folder>/<class>/<images>)"
@@ -265,13 +266,13 @@ def check_train(engine, params) -> dict[str, str]:
 
 
 # -- infer ------------------------------------------------------------------
-def check_infer(engine, params) -> dict[str, str]:
+def check_infer(ctx: CheckContext, params) -> dict[str, str]:
     """Preflight: the model version exists (and matches model_architecture); the dataset exists."""
     from gnomon.core import models as M
     from gnomon.core.datasets import check_dataset_source
 
-    problems = M.check_model(engine, params)
-    problems.update(check_dataset_source(engine, params, run_id_field="run_id"))
+    problems = M.check_model(ctx, params)
+    problems.update(check_dataset_source(ctx))
     return problems
 
 
@@ -284,12 +285,12 @@ def infer(ctx, **p) -> dict[str, Any]:
 
     M.quiet_tensorflow()
     ctx.seed_tensorflow()
-    name, version = M.resolve_model_ref(ctx.engine, p["model"])
-    tags = M.model_version_tags(ctx.engine, f"{name}/{version}")
+    name, version = M.resolve_model_ref(ctx, p["model"])
+    tags = M.model_version_tags(ctx, f"{name}/{version}")
     ctx.set_tag("gnomon.model", f"{name}/{version}")
     with ctx.progress(f"loading model {name}/{version}", total=None):
-        model = M.load_registered_model(ctx.engine, f"{name}/{version}")
-    dataset = resolve_dataset(ctx, p, run_id_field="run_id")
+        model = M.load_registered_model(ctx, f"{name}/{version}")
+    dataset = resolve_dataset(ctx)
     if tags.get(M.TAG_CLASS_NAMES):
         dataset = _align_classes(dataset, json.loads(tags[M.TAG_CLASS_NAMES]), "the dataset")
     ctx.info(f"evaluating {name}/{version} on {len(dataset)} images")
@@ -341,7 +342,7 @@ def imagenet_weights_problem(architecture: str, timeout: float = 3.0) -> str | N
     return f"cannot download ImageNet weights for {architecture} (offline: {reason}); {hint}"
 
 
-def check_init_model(engine, params) -> dict[str, str]:
+def check_init_model(ctx: CheckContext, params) -> dict[str, str]:
     """Preflight: ImageNet weights obtainable; the data folder exists."""
     from pathlib import Path
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext
 
 from .conventions import ADV_TESTING_NAME, ADV_TESTING_TAR
 
@@ -20,7 +25,7 @@ def dataset_summary(ctx, seed: int, **params) -> dict:
 
     from gnomon.core.datasets import resolve_dataset
 
-    dataset = resolve_dataset(ctx, params, run_id_field="dataset_run_id")
+    dataset = resolve_dataset(ctx)
     counts = np.bincount(dataset.y, minlength=dataset.n_classes)
     x = dataset.x
     mean = float(x.mean(dtype=np.float64)) if x.size else 0.0
@@ -39,10 +44,10 @@ def dataset_summary(ctx, seed: int, **params) -> dict:
     return {"n_images": len(dataset)}
 
 
-def _check(engine, params):
+def _check(ctx: CheckContext, params):
     from gnomon.core.datasets import check_dataset_source
 
-    return check_dataset_source(engine, params, run_id_field="dataset_run_id")
+    return check_dataset_source(ctx)
 
 
 @hookimpl

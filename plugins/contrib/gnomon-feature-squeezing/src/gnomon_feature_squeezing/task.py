@@ -14,11 +14,16 @@ and MLflow.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from gnomon.core.fields import Bool, FileName, ModelRef, PositiveInt, RegistryName
 from gnomon.core.schemas import DatasetSource, TaskSchema
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext
 
 from .defense import MAX_BIT_DEPTH, MIN_BIT_DEPTH
 
@@ -57,15 +62,15 @@ class FeatureSqueezingSchema(TaskSchema, DatasetSource("dataset_run_id", default
                                   "so the defense would never be applied", "feature_squeezing_apply_predict")
 
 
-def check(engine, params):
+def check(ctx: CheckContext, params):
     """Dataset source and model exist; ``model_architecture`` matches the model's recorded one."""
     from gnomon.core.datasets import check_dataset_source
 
-    problems = dict(check_dataset_source(engine, params, run_id_field="dataset_run_id"))
+    problems = dict(check_dataset_source(ctx))
     if params.get("model"):
         from gnomon.core.models import check_model
 
-        problems.update(check_model(engine, params))
+        problems.update(check_model(ctx, params))
     elif params.get("model_architecture"):
         problems["model_architecture"] = "only meaningful with 'model'"
     return problems
@@ -75,7 +80,7 @@ def squeeze(ctx, x, *, bit_depth, apply_fit, apply_predict, batch_size):
     """Squeeze ``x`` (NHWC float32 in [0, 1]) in batches with the registered ``feature_squeezing`` defense."""
     import numpy as np
 
-    defense = ctx.engine.registry.get("defense", NAME).factory(
+    defense = ctx.registry.get("defense", NAME).factory(
         bit_depth, apply_fit=apply_fit, apply_predict=apply_predict, clip_values=(0.0, 1.0))
     out = np.empty_like(x, dtype=np.float32)
     with ctx.progress(f"feature squeezing ({bit_depth} bits)", total=len(x)) as advance:
@@ -92,7 +97,7 @@ def run(ctx, *, feature_squeezing_bit_depth, feature_squeezing_apply_fit, featur
     from gnomon.core.datasets import resolve_dataset, write_dataset_artifact
     from gnomon.core.perturbation import distance_metrics
 
-    data = resolve_dataset(ctx, ctx.params, run_id_field="dataset_run_id")
+    data = resolve_dataset(ctx)
     options = {"bit_depth": feature_squeezing_bit_depth, "apply_fit": feature_squeezing_apply_fit,
                "apply_predict": feature_squeezing_apply_predict}
     x_def = squeeze(ctx, data.x, batch_size=batch_size, **options)
@@ -106,7 +111,7 @@ def run(ctx, *, feature_squeezing_bit_depth, feature_squeezing_apply_fit, featur
     if model:
         from gnomon.core.models import evaluate, load_registered_model
 
-        keras_model = load_registered_model(ctx.engine, model)
+        keras_model = load_registered_model(ctx, model)
         ctx.log_metrics(evaluate(keras_model, defended, batch_size))
         undefended = evaluate(keras_model, data.quantized(), batch_size)
         ctx.log_metrics({f"undefended_{k}": v for k, v in undefended.items()})

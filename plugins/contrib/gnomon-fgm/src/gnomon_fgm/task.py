@@ -16,12 +16,16 @@ of another class, the fraction classified as ``target_class``).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from gnomon.core.fields import Bool, FileName, NonNegativeInt, PositiveFloat, PositiveInt, RegistryName
 from gnomon.core.schemas import DatasetSource, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
+
+if TYPE_CHECKING:
+    from gnomon.core.context import CheckContext
 
 NAME = "fgm"
 NORMS = ("inf", "1", "2")
@@ -66,13 +70,13 @@ class FgmSchema(TaskSchema, DatasetSource("dataset_run_id", default_tar="testing
             raise ValidationError("only used with targeted=true", "target_class")
 
 
-def check(engine, params):
+def check(ctx: CheckContext, params):
     """Dataset source and model exist; architecture and target class fit the model."""
     from gnomon.core.datasets import check_dataset_source
     from gnomon.core.models import check_model
 
-    problems = dict(check_dataset_source(engine, params, run_id_field="dataset_run_id"))
-    problems.update(check_model(engine, params, target_class_field="target_class"))
+    problems = dict(check_dataset_source(ctx))
+    problems.update(check_model(ctx, params, target_class_field="target_class"))
     return problems
 
 
@@ -125,10 +129,10 @@ def run(ctx, *, model, model_architecture, batch_size, eps, eps_step, norm, mini
     from gnomon.core.models import evaluate, fit_to_model, load_registered_model, n_outputs, one_hot
     from gnomon.core.perturbation import distance_metrics
 
-    data = resolve_dataset(ctx, ctx.params, run_id_field="dataset_run_id")
+    data = resolve_dataset(ctx)
     if max_samples and max_samples < len(data):
         data = data.subset(np.sort(ctx.rng.choice(len(data), size=max_samples, replace=False)))
-    keras_model = load_registered_model(ctx.engine, model)
+    keras_model = load_registered_model(ctx, model)
     ctx.seed_tensorflow()
     n_classes = n_outputs(keras_model)
     if targeted and target_class >= n_classes:
