@@ -119,7 +119,8 @@ def _target_field(default: int = 1) -> fields.Integer:
 def _load(ctx: TaskContext, params: dict[str, Any] | None = None, *, run_id_field: str | None = None,
           data_dir_field: str | None = None, default_split: str | None = None, keep: bool = False):
     """The dataset the params name (the task's own by default); a check (``keep``) leaves it for the run."""
-    from gnomon.core.datasets.resolve import resolve_dataset, source_settings
+    from gnomon.core.datasets import resolve_dataset
+    from gnomon.core.datasets.resolve import source_settings
 
     params, run_id_field, data_dir_field, default_split = source_settings(ctx, params, run_id_field, data_dir_field,
                                                                           default_split)
