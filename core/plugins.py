@@ -293,10 +293,13 @@ def load_plugins(
         plugins.skipped.append((name, source, "not in GNOMON_LOAD_PLUGINS"))
         return False
 
-    if builtins:
+    installed = None
+    if builtins or entry_points is None:
         from importlib.metadata import entry_points as _eps
 
-        for ep in sorted(_eps(group=BUILTIN_GROUP), key=lambda e: e.name):
+        installed = _eps()  # one scan of the installed metadata serves both groups
+    if builtins:
+        for ep in sorted(installed.select(group=BUILTIN_GROUP), key=lambda e: e.name):
             if ep.name in disable:
                 plugins.skipped.append((ep.name, "builtin", "disabled by GNOMON_DISABLE_PLUGINS"))
                 continue
@@ -305,9 +308,7 @@ def load_plugins(
                                           module=ep.value), ep.load, load_part)
 
     if entry_points is None:
-        from importlib.metadata import entry_points as _eps
-
-        entry_points = _eps(group=ENTRY_POINT_GROUP)
+        entry_points = installed.select(group=ENTRY_POINT_GROUP)
     for ep in sorted(entry_points, key=lambda e: e.name):
         dist = getattr(ep, "dist", None)
         dist_name = getattr(dist, "name", "") or ""
