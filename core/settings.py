@@ -59,6 +59,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("GNOMON_TAR_MAX_MEMBER_MB", "64", "largest file a dataset artifact or plugin bundle may hold (MB)"),
     Setting("GNOMON_TAR_MAX_TOTAL_MB", "2048", "largest total of the files in one dataset artifact or bundle (MB)"),
     Setting("GNOMON_TAR_MAX_MEMBERS", "1000000", "most members one dataset artifact or bundle may hold"),
+    Setting("GNOMON_BUNDLE_MAX_MB", "256", "largest plugin bundle (compressed) `plugins pull` downloads; a manifest "
+                                           "naming a bigger one is refused before any download (MB)"),
     Setting("GNOMON_DATASET_MEMO_MB", "1024", "in-process memory for datasets (MB); 0 turns it off"),
     Setting("GNOMON_MODEL_MEMO", "4", "loaded models kept in process (count); 0 turns the model and "
                                       "prediction memos off"),
@@ -162,6 +164,11 @@ def tar_max_total_bytes(environ: Mapping[str, str] | None = None) -> int:
 def tar_max_members(environ: Mapping[str, str] | None = None) -> int:
     """``GNOMON_TAR_MAX_MEMBERS`` (default 1,000,000)."""
     return max(1, int(number("GNOMON_TAR_MAX_MEMBERS", 1_000_000, environ)))
+
+
+def bundle_max_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """``GNOMON_BUNDLE_MAX_MB`` in bytes (default 256 MB)."""
+    return max(1, int(number("GNOMON_BUNDLE_MAX_MB", 256, environ) * 2**20))
 
 
 def markdown_table() -> str:

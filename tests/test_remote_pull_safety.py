@@ -274,3 +274,38 @@ def test_many_concurrent_pulls_into_one_cache_never_break_a_set(tmp_path, s3_env
             assert link.exists(), f"broken link {link}"
     assert active_manifest(cache).id == final.manifest_id
     assert not [p for p in cache.rglob(".tmp*")]
+
+
+@pytest.mark.servers
+def test_a_manifest_naming_a_huge_bundle_is_refused_before_any_download(tmp_path, s3_env, url, monkeypatch):
+    plugins_dir = make_dir_plugin(tmp_path / "plugins")
+    sync_plugins(plugin_set(plugins_dir, builtins=False), url)
+    hostile = json.loads(read_pointer(s3_env.client(), _loc(url)).to_json())
+    hostile["id"] = "20990101T000000000000Z-000000000001"
+    hostile["plugins"][0]["size"] = 300 * 2**20  # 300 MB claimed; the default cap is 256 MB
+    _put_pointer(s3_env, url, json.dumps(hostile).encode())
+    cache = tmp_path / "cache"
+    with pytest.raises(IntegrityError, match=r"bundle of plugin 'dirplug' is 314572800 bytes; GNOMON_BUNDLE_MAX_MB"):
+        pull(url, cache)
+    assert active_manifest(cache) is None and not (cache / "store").exists()  # nothing fetched
+    monkeypatch.setenv("GNOMON_BUNDLE_MAX_MB", "1024")  # a larger cap lets it through to the size check
+    with pytest.raises(IntegrityError, match="truncated or altered"):
+        pull(url, cache)
+
+
+@pytest.mark.servers
+def test_an_object_larger_than_its_recorded_size_is_not_read_whole(tmp_path, s3_env, url):
+    from gnomon.core.remote.s3 import read_body
+
+    plugins_dir = make_dir_plugin(tmp_path / "plugins")
+    sync_plugins(plugin_set(plugins_dir, builtins=False), url)
+    manifest = json.loads(read_pointer(s3_env.client(), _loc(url)).to_json())
+    entry = manifest["plugins"][0]
+    bucket = _loc(url).bucket
+    s3_env.client().put_object(Bucket=bucket, Key=entry["key"], Body=b"x" * (3 * 2**20))  # swapped for 3 MB
+    with pytest.raises(IntegrityError, match=f"larger than {entry['size']} bytes"):
+        pull(url, tmp_path / "cache")
+    # the reader stops after the limit is passed: it never holds the whole object
+    body = s3_env.client().get_object(Bucket=bucket, Key=entry["key"])
+    with pytest.raises(IntegrityError, match="larger than 100 bytes"):
+        read_body(body, 100, "probe")

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import settings
 from . import IntegrityError, RemoteError
 from .bundle import extract_bundle, verify
 from .manifest import ID_RE, Entry, Manifest, manifest_key
-from .s3 import S3Location, is_not_found, make_client, parse_s3_url, s3_errors
+from .s3 import MANIFEST_MAX_BYTES, S3Location, is_not_found, make_client, parse_s3_url, read_body, s3_errors
 from .sync import read_pointer
 
 VERSION_RE = ID_RE
@@ -219,7 +220,10 @@ def read_manifest(client, location: S3Location, version: str | None, endpoint: s
     key = manifest_key(location, version)
     with s3_errors("read", f"s3://{location.bucket}/{key}", endpoint):
         try:
-            data = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+            data = read_body(client.get_object(Bucket=location.bucket, Key=key), MANIFEST_MAX_BYTES,
+                             f"manifest s3://{location.bucket}/{key}")
+        except IntegrityError:
+            raise
         except Exception as exc:
             if is_not_found(exc):
                 raise RemoteError(f"manifest version '{version}' does not exist at {location}") from None
@@ -290,6 +294,11 @@ def _pull_locked(cache: Path, location: S3Location, version: str | None, endpoin
                               changed=changed, seconds=time.perf_counter() - started)
     client = client or make_client(endpoint)
     manifest = read_manifest(client, location, version, endpoint)
+    cap = settings.bundle_max_bytes()
+    too_big = [e for e in manifest.plugins if e.size > cap]
+    if too_big:  # refused before any download: a manifest cannot make a worker fetch gigabytes
+        raise IntegrityError(", ".join(f"bundle of plugin '{e.name}' is {e.size} bytes" for e in too_big)
+                             + f"; GNOMON_BUNDLE_MAX_MB allows {cap} bytes; refusing manifest {manifest.id}")
     report = PullReport(str(location), manifest.id, set_dir(cache, manifest.id))
     store.mkdir(parents=True, exist_ok=True)
 
@@ -302,7 +311,11 @@ def _pull_locked(cache: Path, location: S3Location, version: str | None, endpoin
         where = f"s3://{location.bucket}/{entry.key}"
         with s3_errors("download", where, endpoint):
             try:
-                data = client.get_object(Bucket=location.bucket, Key=entry.key)["Body"].read()
+                # at most the size the manifest recorded: a bigger object is altered, and is not read
+                data = read_body(client.get_object(Bucket=location.bucket, Key=entry.key), entry.size,
+                                 f"bundle of plugin '{entry.name}' ({where})")
+            except IntegrityError:
+                raise
             except Exception as exc:
                 if is_not_found(exc):
                     raise RemoteError(f"bundle of plugin '{entry.name}' is missing at {where} "

@@ -141,3 +141,26 @@ def s3_errors(action: str, where: str, endpoint: str | None = None) -> Iterator[
         if type(exc).__module__.split(".")[0] not in {"botocore", "boto3", "urllib3"}:
             raise
         raise RemoteError(describe_error(exc, action, where, endpoint_url(endpoint))) from None
+
+
+#: The largest manifest or pointer a reader accepts (a manifest lists plugins: a few KB each).
+MANIFEST_MAX_BYTES = 16 * 2**20
+
+
+def read_body(response, limit: int, what: str) -> bytes:
+    """The body of a ``get_object`` response, read in chunks and refused past ``limit`` bytes.
+
+    A hostile or broken store cannot make a reader hold more than ``limit + 1 MB`` in memory.
+    """
+    from . import IntegrityError
+
+    body, chunks, total = response["Body"], [], 0
+    while True:
+        chunk = body.read(2**20)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            body.close()
+            raise IntegrityError(f"{what} is larger than {limit} bytes; refusing to read it")
+        chunks.append(chunk)

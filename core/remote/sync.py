@@ -23,7 +23,7 @@ from typing import Any, Callable
 from . import RemoteError
 from .bundle import Bundle, build_bundle, bundle_name
 from .manifest import Entry, Manifest, manifest_key, new_manifest, pointer_key
-from .s3 import S3Location, is_not_found, make_client, parse_s3_url, s3_errors
+from .s3 import MANIFEST_MAX_BYTES, S3Location, is_not_found, make_client, parse_s3_url, read_body, s3_errors
 
 
 @dataclass
@@ -58,7 +58,8 @@ def read_pointer(client, location: S3Location, endpoint: str | None = None) -> M
     key = pointer_key(location)
     with s3_errors("read", f"s3://{location.bucket}/{key}", endpoint):
         try:
-            data = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+            data = read_body(client.get_object(Bucket=location.bucket, Key=key), MANIFEST_MAX_BYTES,
+                             f"s3://{location.bucket}/{key}")
         except Exception as exc:
             if is_not_found(exc):
                 return None
@@ -172,7 +173,8 @@ def delete_unreferenced(client, location: S3Location, current: Manifest, *, keep
                 continue
             age = now - obj["LastModified"].timestamp()
             if age < keep_for:
-                data = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+                data = read_body(client.get_object(Bucket=location.bucket, Key=key), MANIFEST_MAX_BYTES,
+                                 f"s3://{location.bucket}/{key}")
                 keep_keys.update(e.key for e in Manifest.from_json(data, f"s3://{location.bucket}/{key}").plugins)
             else:
                 doomed.append(key)
