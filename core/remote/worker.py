@@ -163,6 +163,18 @@ def worker_class():
     return GnomonWorker
 
 
+def _sweep_orphans_once(echo) -> None:
+    """The orphan sweep of the tracking store (runs left RUNNING by dead gnomon processes of this host), here
+    once: forked work horses inherit the record that it ran, instead of paying its two MLflow requests per job."""
+    from ..errors import GnomonError
+    from ..tracking import default_tracking_uri, setup_tracking
+
+    try:
+        setup_tracking(default_tracking_uri())
+    except GnomonError as exc:  # the server may come up after the worker: each job then sweeps itself
+        echo(f"warning: {exc}")
+
+
 def start_worker(
     redis: str | None,
     queues: list[str],
@@ -213,6 +225,7 @@ def start_worker(
             warm.registry  # noqa: B018
             for info in warm.broken:
                 echo(f"warning: synced plugin '{info.name}' is broken on this worker: {info.error}")
+        _sweep_orphans_once(echo)
     url = redis_url(redis)
     connection = connect(url)
     cls = worker_class()
