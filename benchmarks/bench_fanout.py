@@ -75,7 +75,9 @@ def mlflow_endpoints(log: Path, skip: int, steps: int) -> dict[str, float]:
     """Requests per step by endpoint, over the access-log requests after the first ``skip``."""
     counts: dict[str, int] = {}
     for method, path in ENDPOINT_RE.findall(log.read_bytes())[skip:]:
-        name = f"{method.decode()} {path.decode().removeprefix('/api/2.0/mlflow')}"
+        path = path.decode()
+        kind = path.split("/")[4] if path.startswith("/api/2.0/mlflow-artifacts/") else None
+        name = f"{method.decode()} " + (f"artifacts ({kind})" if kind else path.removeprefix("/api/2.0/mlflow"))
         counts[name] = counts.get(name, 0) + 1
     return {k: v / steps for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
