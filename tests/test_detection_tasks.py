@@ -177,6 +177,18 @@ def test_bad_params_refused_before_any_run(store, monkeypatch, task, params, fie
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
 
 
+def test_classes_accepts_a_resumed_steps_number():
+    """A resumed workflow hands neural_cleanse's flagged_classes "1" back as the number 1."""
+    from gnomon.plugins.builtin.detection_tasks import SpectralSignaturesSchema
+
+    assert SpectralSignaturesSchema().load({"model": "m", "classes": 1})["classes"] == "1"
+    assert SpectralSignaturesSchema().load({"model": "m", "classes": "1,7"})["classes"] == "1,7"
+    from marshmallow import ValidationError
+
+    with pytest.raises(ValidationError):
+        SpectralSignaturesSchema().load({"model": "m", "classes": True})
+
+
 def test_pruning_needs_a_dense_layer_where_art_prunes():
     """ART prunes the layer before the output: refused when it is not a Dense layer, accepted for shallow_net."""
     import keras

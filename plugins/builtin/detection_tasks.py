@@ -42,8 +42,21 @@ def cleaned_tar_name(task: str) -> str:
     return f"{task}_dataset.tar"
 
 
+class _ClassList(fields.String):
+    """Comma-separated class indices; a bare integer is taken as one class.
+
+    A resumed workflow reads an earlier step's output back from its run's tags, where "1" becomes
+    the number 1 (``neural_cleanse``'s ``flagged_classes`` feeding ``classes``).
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def _classes_field() -> fields.String:
-    return fields.String(load_default="", metadata={
+    return _ClassList(load_default="", metadata={
         "description": "Comma-separated class indices whose flags are kept (e.g. '1', or the classes Neural Cleanse "
                        "flagged); empty: every class. ART still runs on the whole dataset; samples of other classes "
                        "are never removed."})
