@@ -29,6 +29,10 @@ def build_app(with_plugins: bool = True) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        # Plain click help: typer's rich help imports rich.markdown, markdown_it, rich.traceback and
+        # pygments (about 90 ms), which alone would break the 0.3 s `gnomon --help` budget. Sub-apps and
+        # plugin commands inherit the mode from this root app.
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 

@@ -122,7 +122,8 @@ def test_plugins_list_all_shows_skipped(cli):
     assert {"name": "builtin", "source": "builtin", "reason": "disabled by GNOMON_DISABLE_PLUGINS"} in payload["skipped"]
 
 
-HEAVY = ("tensorflow", "keras", "art", "mlflow", "torch")
+# markdown_it and pygments come with typer's rich help (about 90 ms): help is plain click to keep start-up fast
+HEAVY = ("tensorflow", "keras", "art", "mlflow", "torch", "markdown_it", "pygments")
 PROBE = """
 import sys
 from gnomon.cli.main import main
