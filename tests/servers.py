@@ -205,6 +205,7 @@ class MlflowServer(_Server):
         self.port = free_ports(1)[0]
         env = {**os.environ, **self.s3.env()}
         env.pop("MLFLOW_TRACKING_URI", None)
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # four huey job-runner processes gnomon never uses
         self._spawn([binary, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                      "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                      "--artifacts-destination", f"s3://{self.s3.bucket}/{self.prefix}"], env=env, cwd=self.root)

@@ -58,6 +58,9 @@ def ui(
            (gnomon_home() / "artifacts").resolve().as_uri(), "--host", host, "--port", str(port),
            "--workers", "1"]  # one user: one worker starts several times faster than MLflow's default 4
     env = dict(os.environ)
+    # MLflow's job runner (four huey consumer processes, ~1 GB) serves its GenAI features, not runs
+    # pages; a user who wants it sets the variable themselves.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if not verbose():  # the server's request log and its libraries' deprecation notes
         cmd += ["--uvicorn-opts", "--log-level warning"]
         env.update(MLFLOW_LOGGING_LEVEL="WARNING", PYTHONWARNINGS="ignore")
