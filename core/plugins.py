@@ -9,6 +9,9 @@ happens to be installed).
 A *plugin package* is a plugin module that sets ``GNOMON_PLUGINS`` to a sequence of its
 submodule names: each submodule is then registered as its own plugin, named
 ``<package>.<submodule>``, and can be listed and disabled on its own (the builtins are one).
+A plugin-package directory may hold a ``PLUGIN_PARTS`` file (one part per line, written by
+``gnomon plugins sync``): only those parts load, so a part disabled where the bundle was made
+stays off on every worker that pulls it.
 
 Environment:
     GNOMON_LOAD_PLUGINS     comma-separated allow-list of non-builtin plugins; set and
@@ -46,6 +49,8 @@ ENTRY_POINT_GROUP = "gnomon"
 #: Entry points of gnomon's own distribution naming its builtin plugins (see pyproject.toml);
 #: core learns which modules are builtin only from this metadata.
 BUILTIN_GROUP = "gnomon.builtin"
+#: In a plugin-package directory: the parts to load (the others are skipped).
+PARTS_FILE = "PLUGIN_PARTS"
 HEAVY_MODULES = ("tensorflow", "keras", "art", "mlflow", "torch", "jax")
 REGISTER_HOOKS = {
     "register_tasks": ("task", Task),
@@ -319,13 +324,22 @@ def load_plugins(
         _register(plugins, PluginInfo(name=ep.name, source="entry point", version=version,
                                       location=location, module=ep.value), ep.load, load_part)
 
+    def synced_part(listed: set[str] | None):
+        def check(name: str, source: str) -> bool:
+            if listed is not None and name.split(".", 1)[1] not in listed:
+                plugins.skipped.append((name, source, f"not loaded where the bundle was synced ({PARTS_FILE})"))
+                return False
+            return load_part(name, source)
+
+        return check
+
     for directory in plugin_path:
         for name, path, loader in _directory_plugins(Path(directory)):
             if not allowed(name, "directory"):
                 continue
             _register(plugins, PluginInfo(name=name, source="directory", location=str(path),
                                           module=f"gnomon_dir_plugins.{name}",
-                                          version=_dir_version(path)), loader, load_part)
+                                          version=_dir_version(path)), loader, synced_part(_dir_parts(path)))
 
     if trace:
         pm.trace.root.setwriter(sys.stderr.write)
@@ -455,6 +469,16 @@ def _dir_version(path: Path) -> str:
         return meta.read_text().strip() if path.is_dir() and meta.exists() else ""
     except OSError:
         return ""
+
+
+def _dir_parts(path: Path) -> set[str] | None:
+    """The parts listed in a plugin-package directory's ``PLUGIN_PARTS`` (None: no such file)."""
+    listing = path / PARTS_FILE
+    try:
+        text = listing.read_text() if path.is_dir() and listing.exists() else None
+    except OSError:
+        return None
+    return None if text is None else {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def _directory_plugins(directory: Path):

@@ -246,6 +246,27 @@ def test_pull_fetches_only_changes_and_loads_exactly_the_synced_plugins(tmp_path
     assert older.changed and active_manifest(cache).id == first.manifest_id
 
 
+def test_a_part_disabled_where_the_set_was_synced_stays_off_on_the_worker(tmp_path, s3_env, url):
+    syncing = load_plugins(environ={"GNOMON_DISABLE_PLUGINS": "builtin.literature_triggers"}, entry_points=[])
+    assert "builtin.literature_triggers" not in syncing.infos
+    sync_plugins(syncing, url)
+    cache = tmp_path / "cache"
+    pull(url, cache)
+    assert (cache / "active" / "builtin" / "PLUGIN_PARTS").exists()
+    worker = load_synced_plugins(cache / "active")
+    assert set(worker.infos) == {f"builtin.{p}" for p in builtin.GNOMON_PLUGINS} - {"builtin.literature_triggers"}
+    assert ("builtin.literature_triggers", "directory",
+            "not loaded where the bundle was synced (PLUGIN_PARTS)") in worker.skipped
+    assert not worker.broken
+    # the worker registers what the syncing machine did, no more: the literature triggers are missing
+    assert set(worker.registry.attacks) == set(syncing.registry.attacks)
+    assert {"blended", "sig", "warp"}.isdisjoint(worker.registry.attacks) and "pattern" in worker.registry.attacks
+    # enabling the part again and re-syncing ships a new set with it
+    sync_plugins(load_plugins(environ={}, entry_points=[]), url)
+    pull(url, cache)
+    assert "blended" in load_synced_plugins(cache / "active").registry.attacks
+
+
 @pytest.mark.parametrize("damage", ["tampered", "truncated"])
 def test_damaged_bundle_is_refused_and_last_good_set_stays(tmp_path, s3_env, url, damage):
     plugins_dir = make_dir_plugin(tmp_path / "plugins")

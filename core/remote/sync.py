@@ -67,10 +67,17 @@ def read_pointer(client, location: S3Location, endpoint: str | None = None) -> M
     return Manifest.from_json(data, f"s3://{location.bucket}/{key}")
 
 
-def build_bundles(infos, workers: int = 4) -> list[Bundle]:
-    """Bundles of ``infos`` (PluginInfo), built in parallel, sorted by name."""
+def build_bundles(groups, workers: int = 4) -> list[Bundle]:
+    """Bundles built in parallel, sorted by name: one per group of loaded PluginInfos that ship together.
+
+    A group is one plugin, or the loaded parts of one plugin package (their names go to ``PLUGIN_PARTS``).
+    """
+    def build(group):
+        parts = [info.name.split(".", 1)[1] for info in group] if group[0].package else None
+        return build_bundle(group[0], parts)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return sorted(pool.map(build_bundle, infos), key=lambda b: b.name)
+        return sorted(pool.map(build, [list(g) for g in groups]), key=lambda b: b.name)
 
 
 def sync_plugins(
@@ -94,10 +101,13 @@ def sync_plugins(
     location = parse_s3_url(url)
     client = client or make_client(endpoint)
     # one bundle per plugin or plugin package (the parts of a package ship together)
-    infos = list({bundle_name(i): i for i in plugins.loaded if i.source != "test"}.values())
+    groups: dict[str, list] = {}
+    for info in plugins.loaded:
+        if info.source != "test":
+            groups.setdefault(bundle_name(info), []).append(info)
     report = SyncReport(location=str(location), manifest_id="", dry_run=dry_run)
     report.not_synced = [(i.name, f"broken: {i.error}") for i in plugins.broken]
-    bundles = build_bundles(infos)
+    bundles = build_bundles(groups.values())
     current = read_pointer(client, location, endpoint)
 
     def handle(bundle: Bundle) -> tuple[str, Bundle]:
