@@ -142,6 +142,23 @@ def test_spatial_smoothing_removes_trigger_and_keeps_metadata(store):
     assert 0 < result.metrics["accuracy"] <= 1 and result.metrics["l2_mean"] > 0
 
 
+def test_without_a_model_only_the_defended_set_is_written_and_infer_on_it_gives_the_same_figures(store):
+    """What the demo workflows do: the transform uses no model (so a sweep shares it) and ``infer`` evaluates."""
+    with_model = _run(store, "gaussian_augmentation", gaussian_augmentation_sigma=0.3, seed=5)
+    alone = store.make_engine().run("gaussian_augmentation", {
+        "gaussian_augmentation_sigma": 0.3, "seed": 5, "load_dataset_from_mlruns": True,
+        "dataset_run_id": store.setup_run})
+    assert alone.params["model"] is None
+    assert "accuracy" not in alone.metrics and "time_model_load_s" not in alone.metrics
+    assert alone.metrics["l2_mean"] == with_model.metrics["l2_mean"] and alone.metrics["n_defended"] > 0
+    np.testing.assert_array_equal(_read(store, alone).x, _read(store, with_model).x)
+    inferred = store.make_engine().run("infer", {
+        "model": "tiny_backdoored", "run_id": alone.run_id, "dataset_tar_name": alone.outputs["dataset_tar_name"],
+        "dataset_name": alone.outputs["dataset_name"], "batch_size": 32})
+    for key in ("accuracy", "attack_success_rate", "loss", "n_triggered"):
+        assert inferred.metrics[key] == pytest.approx(with_model.metrics[key], abs=1e-6), key
+
+
 def test_jpeg_changes_images_and_keeps_value_range(store):
     src = _source(store)
     result = _run(store, "jpeg_compression", jpeg_compression_quality=10)

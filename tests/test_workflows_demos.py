@@ -50,6 +50,26 @@ def test_demo_validates_and_reports_both_models_under_every_defense(engine, name
         assert step_dependencies(workflow.step("train[model=poisoned]").params) == ["poison_train"]
 
 
+@pytest.mark.parametrize("name", DEMOS)
+def test_a_sweep_over_the_attack_shares_every_step_that_does_not_use_the_poisoned_data(engine, name):
+    """The defenses' transforms use no model: across poison fractions they are one step per seed, like the
+    clean model and its evaluations; only the poisoned data, the poisoned model and its evaluations differ."""
+    from gnomon.core.workflows.sweep import parse_sweep, plan_sweep
+
+    workflow = find_workflow(engine, name)
+    matrix = parse_sweep(workflow, ["poison_fraction=0.05,0.1", "seed=0,1"], {})
+    sweep = plan_sweep(engine, workflow, apply_overrides(workflow, {}), matrix, preflight=False)
+    by_name: dict[str, set[str]] = {}
+    for combination in sweep.combinations:
+        for planned in combination.plan.steps:
+            by_name.setdefault(planned.name, set()).add(planned.key)
+    for step, keys in by_name.items():
+        poisoned = step in ("poison[split=train]", "poison_train", "train[model=poisoned]", "poison_model") or \
+            "model=poisoned" in step
+        assert len(keys) == (4 if poisoned else 2), step  # one per combination, or one per seed
+    assert all(len(by_name[s.name]) == 2 for s in workflow.expansions("defend"))
+
+
 def test_a_typo_in_a_demo_override_names_the_step(engine):
     from gnomon.core.workflows import WorkflowValidationError
 
@@ -58,8 +78,8 @@ def test_a_typo_in_a_demo_override_names_the_step(engine):
         validate_workflow(engine, workflow, apply_overrides(workflow, {"model_architecture": "le_nett"}),
                           preflight=False)
     steps = {p.step for p in info.value.problems}
-    assert {"train[model=clean]", "poison[split=test]", "train[model=poisoned]",
-            "defend[data=clean,defense=spatial_smoothing]"} <= steps
+    assert {"train[model=clean]", "poison[split=test]", "train[model=poisoned]"} <= steps
+    assert not any(s.startswith("defend") for s in steps)  # the defenses use no model, hence no architecture
     assert "Did you mean 'le_net'" in str(info.value)
 
 

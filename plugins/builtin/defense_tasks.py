@@ -6,7 +6,9 @@ same name (see :mod:`gnomon.plugins.builtin.defenses`), write the defended datas
 artifact ``<task>_dataset.tar.gz`` (folder ``adv_testing``, as Dioptra named it) keeping the
 source's metadata (``target_class``, ``poisoned_files``, ...) plus a ``defenses`` entry, and
 evaluate the registered ``model`` on it: accuracy and friends, and the attack success rate when
-the data carries a trigger.
+the data carries a trigger. Without ``model`` the task only writes the defended set: a workflow
+then evaluates models on it with ``infer``, so the transform (which depends on the data and the
+seed, not on any model) is shared by every model and every sweep combination that uses the data.
 
 As in Dioptra, the defense is applied to every image of the dataset by calling the ART
 preprocessor; the ``*_apply_fit`` / ``*_apply_predict`` flags are handed to ART unchanged and
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from gnomon.core.fields import Bool, PositiveFloat, PositiveInt
+from gnomon.core.fields import Bool, ModelRef, PositiveFloat, PositiveInt
 from gnomon.core.hookspecs import hookimpl
 from gnomon.core.schemas import BatchSize, DatasetSource, ModelArchitecture, RegisteredModel, TaskSchema
 from gnomon.core.tasks import Task
@@ -49,6 +51,10 @@ class _DefenseSchema(TaskSchema, DatasetSource("dataset_run_id", default_tar=DEF
                      RegisteredModel, ModelArchitecture(DEFAULT_MODEL), BatchSize):
     """Parameters every defense task takes (dataset source, model, batch size, seed)."""
 
+    model = ModelRef(load_default=None, metadata={
+        "description": "Registered model to evaluate on the defended data: 'name' (latest version) or "
+                       "'name/version'. Without it the task only writes the defended dataset (evaluate "
+                       "models on it with 'infer'), so the transform can be shared by several models."})
     batch_size = PositiveInt(load_default=32, metadata={
         "description": "Images per batch when evaluating the model; also the smallest chunk the defense "
                        "is applied to at a time."})
@@ -235,13 +241,15 @@ def _check(ctx: CheckContext, params: dict[str, Any]) -> dict[str, str]:
     from gnomon.core.models import check_model
 
     problems = dict(check_dataset_source(ctx))
-    # model_architecture defaults to le_net here, so a mismatch is only noted at run time
-    problems.update(check_model(ctx, params, architecture_field=None))
+    if params.get("model") is not None:
+        # model_architecture defaults to le_net here, so a mismatch is only noted at run time
+        problems.update(check_model(ctx, params, architecture_field=None))
     return problems
 
 
 def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Body of every defense task: read, defend, evaluate, write the artifact; log metrics and timings."""
+    """Body of every defense task: read, defend, evaluate (with a ``model``), write the artifact; log metrics
+    and timings."""
     from gnomon.core.datasets import quantize, resolve_dataset, write_dataset_artifact
     from gnomon.core.models import evaluate, load_registered_model, recorded_architecture
     from gnomon.core.perturbation import distance_metrics
@@ -252,12 +260,14 @@ def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
     timings["time_load_s"] = time.perf_counter() - t
     ctx.info(f"read {len(dataset)} images {dataset.image_shape} in {len(dataset.class_names)} classes")
 
-    t = time.perf_counter()
-    model = load_registered_model(ctx, params["model"])
-    tagged = recorded_architecture(ctx, params["model"])
-    if tagged and tagged != params["model_architecture"]:
-        ctx.info(f"note: model '{params['model']}' was built as '{tagged}', not '{params['model_architecture']}'")
-    timings["time_model_load_s"] = time.perf_counter() - t
+    model = None
+    if params.get("model") is not None:
+        t = time.perf_counter()
+        model = load_registered_model(ctx, params["model"])
+        tagged = recorded_architecture(ctx, params["model"])
+        if tagged and tagged != params["model_architecture"]:
+            ctx.info(f"note: model '{params['model']}' was built as '{tagged}', not '{params['model_architecture']}'")
+        timings["time_model_load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     defended, sources = defend(ctx, name, dataset, params)
@@ -268,9 +278,11 @@ def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
     same_order = len(defended) == len(dataset)
     perturbation = distance_metrics(dataset.x if same_order else dataset.x[sources], defended.x)
 
-    t = time.perf_counter()
-    metrics = evaluate(model, defended, batch_size=int(params["batch_size"]))
-    timings["time_evaluate_s"] = time.perf_counter() - t
+    metrics: dict[str, float] = {}
+    if model is not None:
+        t = time.perf_counter()
+        metrics = evaluate(model, defended, batch_size=int(params["batch_size"]))
+        timings["time_evaluate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     tar_name = output_tar_name(name)
@@ -281,7 +293,7 @@ def run_defense(ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
     ctx.log_metrics(perturbation)
     ctx.log_metrics({"n_defended": float(len(defended)), **timings})
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("accuracy", "attack_success_rate") if k in metrics)
-    ctx.info(f"{name}: {shown}; dataset artifact {tar_name} (folder {OUTPUT_DATASET_NAME})")
+    ctx.info(f"{name}: {shown or 'no model evaluated'}; dataset artifact {tar_name} (folder {OUTPUT_DATASET_NAME})")
     return {"dataset_run_id": ctx.run_id, "dataset_tar_name": tar_name, "dataset_name": OUTPUT_DATASET_NAME}
 
 
@@ -290,7 +302,7 @@ def _task_fn(name: str):
         return run_defense(ctx, name, params)
 
     fn.__name__ = name
-    fn.__doc__ = f"Apply {name} to a dataset, log the defended dataset and evaluate the model on it."
+    fn.__doc__ = f"Apply {name} to a dataset, log the defended dataset and evaluate the model (if given) on it."
     return fn
 
 
@@ -305,7 +317,7 @@ _DESCRIPTION = (
     "Reads the dataset from data_dir (default: MNIST testing) or, with load_dataset_from_mlruns=true, from "
     "dataset_tar_name/dataset_name of run dataset_run_id (e.g. the poisoned test data of gen_poison_test_data). "
     "Writes the defended dataset as the artifact {tar} (folder " + OUTPUT_DATASET_NAME + "), keeping the source "
-    "metadata (target class, triggered files) and adding this defense to its 'defenses' list; logs the model's "
+    "metadata (target class, triggered files) and adding this defense to its 'defenses' list; with a model, logs its "
     "loss, accuracy, precision, recall, auc and, for triggered data, attack_success_rate, plus the L2/L-inf "
     "size of the change (l2_mean, l2_max, linf_mean, linf_max)."
 )
