@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gnomon.task")
 
+#: Run tag written when a run ends: what it logged that a workflow report reads back (see
+#: :meth:`RunContext.logged_summary`), so the report asks the tracking store for nothing else.
+LOGGED_TAG = "gnomon.logged"
+#: The artifact a step logs to get its own part of a workflow report (``report_sections``).
+SECTION_FILE = "report_section.json"
+#: The longest value MLflow keeps in a run tag (an output is one).
+MAX_TAG_CHARS = 8000
+
 
 class Services(Protocol):
     """What helpers need of the engine: an :class:`Engine` and every :class:`TaskContext` provide it."""
@@ -150,6 +158,8 @@ class RunContext(TaskContext):
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gnomon-")))
     outputs: dict[str, Any] = field(default_factory=dict)
     _rng: Any = None
+    _metric_log: dict[str, tuple[int, bool]] = field(default_factory=dict)  # key -> (times logged, any step >= 1)
+    _section: bool = False
 
     # -- randomness ---------------------------------------------------------
     @property
@@ -186,11 +196,25 @@ class RunContext(TaskContext):
         import mlflow
 
         mlflow.log_metric(key, float(value), step=step)
+        self._note_metrics([key], step)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self._note_metrics(metrics, step)
+
+    def _note_metrics(self, keys, step: int | None) -> None:
+        for key in keys:
+            count, stepped = self._metric_log.get(key, (0, False))
+            self._metric_log[key] = (count + 1, stepped or (step or 0) >= 1)
+
+    def logged_summary(self) -> dict[str, Any]:
+        """What this run logged through the context that a workflow report needs: ``curves``, the metrics
+        logged more than once or with a step >= 1 (their history is a curve), and ``section``, whether
+        it logged :data:`SECTION_FILE`. Stored as the :data:`LOGGED_TAG` tag when the run ends."""
+        curves = sorted(k for k, (count, stepped) in self._metric_log.items() if count > 1 or stepped)
+        return {"curves": curves, "section": self._section}
 
     def set_tag(self, key: str, value: Any) -> None:
         import mlflow
@@ -201,6 +225,8 @@ class RunContext(TaskContext):
         import mlflow
 
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        if Path(path).name == SECTION_FILE and artifact_path in (None, "", "."):
+            self._section = True
 
     def log_json(self, obj: Any, artifact_file: str) -> None:
         """Write ``obj`` as JSON to the run's artifacts."""
@@ -215,10 +241,12 @@ class RunContext(TaskContext):
         mlflow.log_figure(figure, artifact_file)
 
     def output(self, key: str, value: Any) -> None:
-        """Record an output that later workflow steps can refer to (also a run tag)."""
+        """Record an output that later workflow steps can refer to (a ``gnomon.output.KEY`` run tag, written
+        with the run's other end-of-run tags in one request when the task returns)."""
+        if len(str(value)) > MAX_TAG_CHARS:
+            raise ValueError(f"output '{key}' is {len(str(value))} characters long; a run tag holds at most "
+                             f"{MAX_TAG_CHARS} (log it as an artifact instead)")
         self.outputs[key] = value
-        if self.run_id:
-            self.set_tag(f"gnomon.output.{key}", value)
 
     def cleanup(self) -> None:
         import shutil

@@ -72,6 +72,7 @@ class Engine:
         self.show_progress = show_progress
         self._tracking_ready = False
         self._experiment_id: tuple[tuple[str, str] | None, str] = (None, "")
+        self._known_experiment_id: str | None = None
         #: datasets, loaded models and check->run handoffs of this engine (see :mod:`gnomon.core.store`)
         self.store = Store()
 
@@ -128,8 +129,15 @@ class Engine:
         uri = setup_tracking(self.tracking_uri)  # every time: another engine may have moved MLflow's global URI
         self._tracking_ready = True
         if self._experiment_id[0] != (uri, self.experiment):  # one lookup per engine, not one per run
-            self._experiment_id = ((uri, self.experiment), ensure_experiment(self.experiment, uri))
+            known, self._known_experiment_id = self._known_experiment_id, None
+            self._experiment_id = ((uri, self.experiment), known or ensure_experiment(self.experiment, uri))
         return self._experiment_id[1]
+
+    def use_experiment_id(self, experiment_id: str) -> None:
+        """Take ``experiment_id`` as the id of this engine's experiment instead of looking it up (a worker's
+        job whose submitter already resolved it on the same tracking server)."""
+        self._known_experiment_id = experiment_id
+        self._experiment_id = (None, "")
 
     def mlflow_client(self):
         import mlflow
@@ -201,8 +209,14 @@ class Engine:
                 except Exception:  # pragma: no cover - never mask the task's error
                     pass
             duration = time.perf_counter() - started
+            # one request: the outputs, the wall time and what a workflow report will read back
             if failure is None:
-                mlflow.log_metric("gnomon_wall_time_s", duration)
+                _log_end(self.tracking_uri, run_id, ctx.outputs, duration, ctx.logged_summary())
+            else:
+                try:
+                    _log_end(self.tracking_uri, run_id, ctx.outputs, None, {})
+                except Exception:  # pragma: no cover - never mask the task's error
+                    pass
             run = mlflow.MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id)
             result = RunResult(run_id=run_id, task=task.name, status=status, experiment_id=experiment_id,
                                params=values, metrics=dict(run.data.metrics), outputs=dict(ctx.outputs),
@@ -234,6 +248,26 @@ class Engine:
             except Exception:  # pragma: no cover - never mask the run's own outcome
                 pass
         return errors
+
+
+def _log_end(tracking_uri: str, run_id: str, outputs: dict[str, Any], duration: float | None,
+             logged: dict[str, Any]) -> None:
+    """The run's outputs (``gnomon.output.*`` tags) and, for a finished run, its wall time and the
+    :data:`~gnomon.core.context.LOGGED_TAG` summary, in one request."""
+    import json
+
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+
+    from .context import LOGGED_TAG
+
+    tags = [RunTag(f"gnomon.output.{key}", str(value)) for key, value in outputs.items()]
+    metrics = []
+    if duration is not None:
+        metrics.append(Metric("gnomon_wall_time_s", duration, int(time.time() * 1000), 0))
+        tags.append(RunTag(LOGGED_TAG, json.dumps(logged, separators=(",", ":"))))
+    if tags or metrics:
+        mlflow.MlflowClient(tracking_uri=tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
 
 
 def _param_str(value: Any) -> str:

@@ -128,3 +128,35 @@ def test_dataset_summary_on_real_mnist_sample(gnomon_engine, mnist_sample_dirs):
     result = gnomon_engine.run("dataset_summary", {"data_dir": str(mnist_sample_dirs["testing"])})
     assert result.metrics["n_images"] == 300 and result.metrics["n_classes"] == 10
     assert 0.05 < result.metrics["pixel_mean"] < 0.25
+
+
+
+def test_an_experiment_id_handed_to_the_engine_is_used_without_a_lookup(gnomon_engine_factory, monkeypatch):
+    """A worker's job gets the experiment id its submitter resolved: no lookup per job."""
+    from gnomon.core import tracking
+
+    known = gnomon_engine_factory(plugins=[_Plugin()], experiment="handed").ensure_tracking()
+    engine = gnomon_engine_factory(plugins=[_Plugin()], experiment="handed")
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("looked the experiment up")
+
+    monkeypatch.setattr(tracking, "ensure_experiment", no_lookup)
+    engine.use_experiment_id(known)
+    result = engine.run("work", {"value": 2})
+    assert result.experiment_id == known and engine.ensure_tracking() == known
+    assert result.outputs == {"doubled": 4, "tripled": 6}
+
+
+
+class _Long:
+    @hookimpl
+    def register_tasks(self, register):
+        register(Task(name="long", summary="long output", schema=_Schema,
+                      fn=lambda ctx, value, fail, seed: ctx.output("blob", "x" * 9000)))
+
+
+def test_an_output_too_long_for_a_run_tag_fails_the_run_naming_it(gnomon_engine_factory):
+    engine = gnomon_engine_factory(plugins=[_Long()])
+    with pytest.raises(TaskFailedError, match="output 'blob' is 9000 characters long"):
+        engine.run("long", {})

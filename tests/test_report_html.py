@@ -175,3 +175,49 @@ def test_report_of_a_failed_workflow_and_of_a_non_workflow_run(engine, tmp_path)
         build_report(engine, plain.run_id, out_dir=tmp_path / "x", log=False)
     with pytest.raises(GnomonError, match="no run 'nope'"):
         build_report(engine, "nope", out_dir=tmp_path / "y", log=False)
+
+
+class _Counting:
+    """An MlflowClient that counts the calls of each method (how many requests a report makes)."""
+
+    def __init__(self, client):
+        self._client, self.calls = client, {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+        return counted
+
+
+def test_the_report_reads_the_step_runs_in_one_search_and_only_the_curves_they_recorded(engine, tmp_path,
+                                                                                         monkeypatch):
+    from gnomon.core.context import LOGGED_TAG
+
+    wf = parse_workflow(TOY)
+    result = run_workflow(engine, wf, apply_overrides(wf, {}), make_report=False)
+    client = engine.mlflow_client()
+    train = result.by_name["train"].run_id
+    assert json.loads(client.get_run(train).data.tags[LOGGED_TAG]) == \
+        {"curves": ["train_accuracy", "train_loss", "val_loss"], "section": False}
+    evaluation = client.get_run(result.by_name["eval_clean"].run_id).data.tags
+    assert json.loads(evaluation[LOGGED_TAG])["curves"] == []
+
+    counting = _Counting(client)
+    monkeypatch.setattr(engine, "mlflow_client", lambda: counting)
+    report = build_report(engine, result.run_id, out_dir=tmp_path / "a", log=False)
+    assert report.data.curves["train_loss"]["train"] == [(1, 2.0), (2, 1.0), (3, 2 / 3), (4, 0.5)]
+    assert counting.calls.get("get_metric_history") == 3  # the train step's three curves, nothing else
+    assert counting.calls.get("search_runs") == 1 and counting.calls.get("get_run", 0) <= 1  # the parent
+    assert "list_artifacts" not in counting.calls  # no step logged a report section
+
+    # a run from before the tag (or logged by hand): its metrics are probed for curves, as before
+    client.delete_tag(train, LOGGED_TAG)
+    counting.calls.clear()
+    again = build_report(engine, result.run_id, out_dir=tmp_path / "b", log=False)
+    assert again.data.curves == report.data.curves
+    assert counting.calls["get_metric_history"] > 3

@@ -131,7 +131,7 @@ def collect_leaderboard(engine, run_id: str) -> Leaderboard:
         for axis, options in axes.items():
             text = child.data.tags.get(SWEEP_VAR_TAG + axis)
             values[axis] = next((o for o in options if value_text(o) == text), text)
-        plan, steps = workflow_steps(client, child.info.run_id, child.data.tags)
+        plan, steps = workflow_steps(client, child.info.run_id, child.data.tags, child.info.experiment_id)
         opts = plan.get("report") or {}
         rows = result_rows(steps, opts.get("accuracy_metric", DEFAULT_ACCURACY_METRIC),
                            opts.get("asr_metric", DEFAULT_ASR_METRIC))

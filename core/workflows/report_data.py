@@ -42,6 +42,7 @@ class StepRecord:
     outputs: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
     environment: dict[str, str] = field(default_factory=dict)  # the step run's gnomon.env.* tags
+    logged: dict[str, Any] | None = None  # the run's gnomon.logged tag (curves, section); None: not recorded
 
 
 @dataclass
@@ -107,7 +108,7 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
     if "gnomon.workflow" not in tags:
         raise GnomonError(f"run '{run_id}' is not a workflow run (it has no 'gnomon.workflow' tag); "
                           "pass the parent run id printed by 'gnomon workflow run'")
-    plan, steps = workflow_steps(client, run_id, tags)
+    plan, steps = workflow_steps(client, run_id, tags, parent.info.experiment_id)
     report_opts = plan.get("report") or {}
     experiment = client.get_experiment(parent.info.experiment_id)
     data = ReportData(
@@ -133,31 +134,63 @@ def collect(engine, run_id: str, *, n_examples: int = 8) -> ReportData:
     return data
 
 
-def workflow_steps(client, run_id: str, tags: dict[str, str] | None = None) -> tuple[dict[str, Any], list[StepRecord]]:
-    """A workflow run's plan (``workflow/plan.json``) and a record of each planned step (its run's params and metrics)."""
-    if tags is None:
-        tags = client.get_run(run_id).data.tags
+def workflow_steps(client, run_id: str, tags: dict[str, str] | None = None,
+                   experiment_id: str | None = None) -> tuple[dict[str, Any], list[StepRecord]]:
+    """A workflow run's plan (``workflow/plan.json``) and a record of each planned step (its run's params and
+    metrics, read with one search per hundred steps)."""
+    if tags is None or experiment_id is None:
+        parent = client.get_run(run_id)
+        tags, experiment_id = (parent.data.tags if tags is None else tags), parent.info.experiment_id
     plan = _load_json_artifact(client, run_id, "workflow/plan.json") or {"steps": []}
     report_opts = plan.get("report") or {}
+    child_ids = [tags.get(f"gnomon.step.{tag_name(p['name'])}.run_id") for p in plan.get("steps", [])]
+    children = step_runs(client, experiment_id, [c for c in child_ids if c])
     steps = []
-    for planned in plan.get("steps", []):
+    for planned, child_id in zip(plan.get("steps", []), child_ids, strict=True):
         name = planned["name"]
-        child_id = tags.get(f"gnomon.step.{tag_name(name)}.run_id") or None
+        child_id = child_id or None
         step_status = tags.get(f"gnomon.step.{tag_name(name)}.status", "not run")
         shown = report_opts.get("labels") or {}
         labels = {k: shown.get(v, v) for k, v in (planned.get("report") or {}).items()}
         record = StepRecord(name=name, task=planned["task"], run_id=child_id, status="", step_status=step_status,
                             labels=labels)
         if child_id:
-            child = client.get_run(child_id)
+            child = children[child_id] if child_id in children else client.get_run(child_id)
             record.status = child.info.status
             record.params = dict(child.data.params)
             record.metrics = dict(child.data.metrics)
             record.outputs = outputs_from_tags(child.data.tags)
             record.environment = env_from_tags(child.data.tags)
             record.duration_s = child.data.metrics.get("gnomon_wall_time_s")
+            record.logged = _logged(child.data.tags)
         steps.append(record)
     return plan, steps
+
+
+def step_runs(client, experiment_id: str, run_ids: list[str], chunk: int = 100) -> dict[str, Any]:
+    """``{run id: run}`` of the runs of ``experiment_id`` among ``run_ids``, one search per ``chunk`` ids
+    (a run not found there, say of another experiment, is left out: read it with ``get_run``)."""
+    wanted = list(dict.fromkeys(run_ids))
+    found: dict[str, Any] = {}
+    for start in range(0, len(wanted), chunk):
+        ids = wanted[start:start + chunk]
+        quoted = ", ".join(f"'{i}'" for i in ids if i.isalnum())
+        if not quoted:
+            continue
+        for run in client.search_runs([experiment_id], filter_string=f"attributes.run_id IN ({quoted})",
+                                      max_results=len(ids)):
+            found[run.info.run_id] = run
+    return found
+
+
+def _logged(tags: dict[str, str]) -> dict[str, Any] | None:
+    from ..context import LOGGED_TAG
+
+    try:
+        value = json.loads(tags[LOGGED_TAG])
+    except (KeyError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _load_json_artifact(client, run_id: str, path: str) -> Any:
@@ -201,7 +234,10 @@ def training_curves(client, steps: list[StepRecord]) -> dict[str, dict[str, list
     for step in steps:
         if not step.run_id or step.labels.get("data"):
             continue
-        for key in sorted(step.metrics):
+        # a run that recorded which metrics it logged as a series: only those have a history worth reading
+        keys = sorted(step.metrics) if step.logged is None else [k for k in step.logged.get("curves") or []
+                                                                  if k in step.metrics]
+        for key in keys:
             history = client.get_metric_history(step.run_id, key)
             if len(history) < 2 and not (history and history[0].step >= 1):
                 continue  # a single value logged without an epoch step is not a curve

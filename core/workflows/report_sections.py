@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SECTION_FILE = "report_section.json"
+from ..context import SECTION_FILE  # defined with the run context, which records that a run logged it
 
 
 @dataclass
@@ -35,8 +35,8 @@ def collect_sections(client, steps) -> list[Section]:
     """The sections of every step run that logged ``report_section.json``, in step order."""
     sections = []
     for step in steps:
-        if not step.run_id:
-            continue
+        if not step.run_id or (getattr(step, "logged", None) is not None and not step.logged.get("section")):
+            continue  # no run, or a run that recorded logging no section: nothing to list
         try:
             names = {a.path for a in client.list_artifacts(step.run_id)}
         except Exception:
