@@ -185,6 +185,9 @@ def test_end_to_end_synced_plugin_runs_on_worker(stack):
     old_info, new_info = jobs.wait(connection, old.id, timeout=120), jobs.wait(connection, new.id, timeout=120)
     assert (old_info["result"]["outputs"]["marker"], old_info["manifest"]) == ("v1", stack["manifest"])
     assert (new_info["result"]["outputs"]["marker"], new_info["manifest"]) == ("v2", new_manifest)
+    # the version the worker loaded at start is used as loaded (no pull in the job); another one is pulled
+    assert jobs.fetch(connection, old.id).meta["pull_s"] == 0.0
+    assert jobs.fetch(connection, new.id).meta["pull_s"] > 0.0
 
 
 def test_bad_params_never_reach_the_queue(stack):

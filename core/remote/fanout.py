@@ -137,7 +137,7 @@ def submit_jobs(engine, connection, run_id: str, jobs, *, workflow: str, queue_n
         job_ids = enqueue_jobs(connection, run_id, jobs, workflow=workflow, queue_name=queue_name,
                                experiment=engine.experiment, manifest_id=manifest_id, plugins_url=plugins_url,
                                retries=retries, timeout=timeout, resume=resume, ttl=result_ttl or RESULT_TTL,
-                               record=record)
+                               record=record, experiment_id=engine.ensure_tracking())  # resolved once, cached
     except Exception as exc:
         try:
             cancel_workflow(connection, run_id, reason=f"submission failed: {type(exc).__name__}: {exc}",

@@ -63,10 +63,12 @@ def step_jobs(runs: Iterable[tuple[str, Any]], job_name: Callable[[Any], str]) -
 
 def enqueue_jobs(connection, control_run_id: str, jobs: list[StepJob], *, workflow: str, queue_name: str,
                  experiment: str, manifest_id: str | None, plugins_url: str | None, retries: int,
-                 timeout: int | None, resume: bool, ttl: int, record: dict[str, Any] | None = None) -> dict[str, str]:
+                 timeout: int | None, resume: bool, ttl: int, record: dict[str, Any] | None = None,
+                 experiment_id: str | None = None) -> dict[str, str]:
     """Write the Redis record of ``control_run_id`` (the run that ends with the jobs) and enqueue ``jobs``.
 
-    ``record`` adds entries to the record (a sweep's combinations). Returns ``{job name: RQ job id}``.
+    ``record`` adds entries to the record (a sweep's combinations); ``experiment_id`` (of ``experiment``, as the
+    submitter resolved it) spares each job the lookup. Returns ``{job name: RQ job id}``.
     Raises what enqueueing raised (the caller cancels what was enqueued)."""
     from .fanout import record_key
     from .jobs import queue
@@ -79,13 +81,13 @@ def enqueue_jobs(connection, control_run_id: str, jobs: list[StepJob], *, workfl
     q = queue(connection, queue_name)
     for job in jobs:  # run order: every dependency's job exists before its dependents'
         _enqueue(q, job, job_ids, control_run_id, len(jobs), workflow, experiment, manifest_id, plugins_url,
-                 resume, timeout, ttl, retries)
+                 resume, timeout, ttl, retries, experiment_id)
     return job_ids
 
 
 def _enqueue(q, job: StepJob, job_ids: dict[str, str], control_run_id: str, total: int, workflow: str,
              experiment: str, manifest_id: str | None, plugins_url: str | None, resume: bool,
-             timeout: int | None, ttl: int, retries: int):
+             timeout: int | None, ttl: int, retries: int, experiment_id: str | None = None):
     from rq import Callback, Retry
 
     step = job.planned.step
@@ -98,7 +100,8 @@ def _enqueue(q, job: StepJob, job_ids: dict[str, str], control_run_id: str, tota
         kwargs={"parent_run_id": job.consumers[0]["run"], "step": {**job.planned.to_dict(), "index": step.index},
                 "variables": job.variables, "total": total, "workflow": workflow, "experiment": experiment,
                 "manifest_id": manifest_id, "resume": resume,
-                "fanout": {"run_id": control_run_id, "member": job.name, "consumers": job.consumers}},
+                "fanout": {"run_id": control_run_id, "member": job.name, "consumers": job.consumers,
+                           **({"experiment_id": experiment_id} if experiment_id else {})}},
         job_id=job_ids[job.name],
         depends_on=[job_ids[d] for d in job.depends_on] or None,
         job_timeout=timeout if timeout else -1, result_ttl=ttl, failure_ttl=ttl,

@@ -55,13 +55,17 @@ def run_step(parent_run_id: str, step: dict[str, Any], variables: dict[str, Any]
     connection = job.connection if job is not None else None
     name = step["name"]
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
-    _save(job, function_started_at=time.time(), attempts=attempts, worker=job.worker_name if job else None)
+    started = {"function_started_at": time.time(), "attempts": attempts, "worker": job.worker_name if job else None}
+    if job is not None:  # saved with the engine's record below (one Redis write), or with the skip
+        job.meta.update(started)
     fanout = fanout or {"run_id": parent_run_id, "member": name, "consumers": [{"run": parent_run_id, "name": name}]}
     control = fanout["run_id"]  # the Redis record, and the run that ends on failure
     consumers, member = fanout["consumers"], fanout["member"]
     if connection is not None and ended(connection, control):
         return _skipped(job, name, ended(connection, control))
     engine = job_engine(job, manifest_id, experiment, needs=step["task"])
+    if fanout.get("experiment_id"):
+        engine.use_experiment_id(fanout["experiment_id"])  # the submitter resolved it: no lookup per job
     client = engine.mlflow_client()
     ptags: dict[str, str] = {}
     if step["depends_on"] or attempts > 1:  # a first attempt of a step that uses no other needs no read

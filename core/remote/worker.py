@@ -27,6 +27,11 @@ from . import RemoteError
 ENV_PLUGINS = "GNOMON_WORKER_PLUGINS"
 ENV_CACHE = "GNOMON_WORKER_CACHE"
 
+#: The plugin set ``gnomon worker`` loaded at start (``{"manifest": id, "plugins": PluginSet}``). Every
+#: forked work horse inherits it: a job submitted against that manifest uses it as it is (no pull, no
+#: plugin loading, no registry to build); a job naming another version pulls and loads that one.
+_WARM: dict = {}
+
 
 def _current_job():
     from rq import get_current_job
@@ -52,9 +57,9 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
 
     job = _current_job()
     attempts = int((job.meta.get("attempts") if job else 0) or 0) + 1
-    _save(job, function_started_at=time.time(), worker_host=socket.gethostname(), attempts=attempts)
+    started = {"function_started_at": time.time(), "worker_host": socket.gethostname(), "attempts": attempts}
     try:
-        engine = job_engine(job, manifest_id, experiment, needs=task)
+        engine = job_engine(job, manifest_id, experiment, needs=task, meta=started)
         tags = {"gnomon.job_id": job.id if job else "", "gnomon.queue": job.origin if job else "",
                 "gnomon.manifest": (job.meta.get("pulled_manifest") if job else "") or ""}
         result = engine.run(task, params, tags=tags)
@@ -68,29 +73,38 @@ def run_job(task: str, params: dict[str, Any], manifest_id: str | None = None,
     return result.to_dict()
 
 
-def job_engine(job, manifest_id: str | None, experiment: str | None, *, needs: str | None = None):
+def job_engine(job, manifest_id: str | None, experiment: str | None, *, needs: str | None = None,
+               meta: dict[str, Any] | None = None):
     """An engine with exactly the plugins the job was submitted against (``GNOMON_WORKER_PLUGINS`` set:
-    the synced manifest ``manifest_id``, pulled into the worker's cache if needed; else the local ones).
+    the synced manifest ``manifest_id``: the set the worker loaded at start when it is that version, else
+    pulled into the worker's cache if needed; else the local ones).
 
-    Records the pulled manifest and the plugins on the job. Raises :class:`RemoteError` when a plugin
-    is broken and the task ``needs`` is missing because of it.
+    Records the pulled manifest and the plugins on the job, with ``meta``, in one save. Raises
+    :class:`RemoteError` when a plugin is broken and the task ``needs`` is missing because of it.
     """
     from .. import settings
     from ..engine import Engine
     from ..plugins import load_plugins
     from .pull import load_synced_plugins, pull
 
+    if job is not None:  # in memory now; saved below, or by whoever records an error
+        job.meta.update(meta or {})
+    values: dict[str, Any] = {}
     url = settings.text(ENV_PLUGINS)
-    if url:
+    if url and manifest_id is not None and _WARM.get("manifest") == manifest_id:
+        plugins = _WARM["plugins"]
+        values.update(pulled_manifest=manifest_id, pull_s=0.0)
+    elif url:
         began = time.perf_counter()
         report = pull(url, settings.text(ENV_CACHE), version=manifest_id)
-        _save(job, pulled_manifest=report.manifest_id, pull_s=round(time.perf_counter() - began, 4))
+        values.update(pulled_manifest=report.manifest_id, pull_s=round(time.perf_counter() - began, 4))
         plugins = load_synced_plugins(report.set_dir)
     else:
         plugins = load_plugins()
     engine = Engine(plugins, experiment=experiment, show_progress=False)
     engine.registry  # noqa: B018 - registration errors surface now
-    _save(job, plugins={i.name: {"version": i.version, "broken": i.error} for i in plugins.infos.values()})
+    values["plugins"] = {i.name: {"version": i.version, "broken": i.error} for i in plugins.infos.values()}
+    _save(job, **values)
     broken = [f"{i.name}: {i.error}" for i in plugins.broken]
     if broken and needs is not None and needs not in engine.registry.tasks:
         raise RemoteError(f"broken plugins on this worker: {'; '.join(broken)}")
@@ -163,6 +177,18 @@ def worker_class():
     return GnomonWorker
 
 
+def _warm_run_context() -> None:
+    """Let MLflow's run-context providers look once, here, at what every run of this process gets tagged with
+    (the git commit of the entry point, the user, ...): they keep it, so forked work horses do not import
+    GitPython and search for a repository at every run (~0.1 s per job)."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        resolve_tags()
+    except Exception:  # a private MLflow API: without it each run just looks again
+        pass
+
+
 def _sweep_orphans_once(echo) -> None:
     """The orphan sweep of the tracking store (runs left RUNNING by dead gnomon processes of this host), here
     once: forked work horses inherit the record that it ran, instead of paying its two MLflow requests per job."""
@@ -215,6 +241,10 @@ def start_worker(
         import mlflow  # noqa: F401
 
         from .. import engine  # noqa: F401
+        from ..workflows import runner  # noqa: F401 - what a workflow step's job imports
+        from . import stepjob  # noqa: F401
+
+        _warm_run_context()
 
         if plugins_url:
             # Load the synced plugins once: their dependencies are then imported in every forked horse and
@@ -225,6 +255,7 @@ def start_worker(
             warm.registry  # noqa: B018
             for info in warm.broken:
                 echo(f"warning: synced plugin '{info.name}' is broken on this worker: {info.error}")
+            _WARM.update(manifest=report.manifest_id, plugins=warm)  # jobs against this version use it as is
         _sweep_orphans_once(echo)
     url = redis_url(redis)
     connection = connect(url)
