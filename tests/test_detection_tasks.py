@@ -153,6 +153,30 @@ def test_neural_cleanse_mask_is_smallest_for_target(store, monkeypatch):
     assert "repaired_accuracy" in m and result.outputs.get("model_name")
 
 
+def test_neural_cleanse_unlearns_on_its_own_larger_sample(store, monkeypatch):
+    """n_mitigation: the search uses n_validation images, the unlearning its own sample of n_mitigation."""
+    from gnomon.plugins.builtin import detection_art
+
+    real = detection_art.outlier_detection
+
+    def target_flagged(*args, **kwargs):  # one search step flags nothing reliably: flag the target as the full run does
+        masks, patterns, norms, anomaly, _ = real(*args, **kwargs)
+        return masks, patterns, norms, anomaly, [TARGET]
+
+    monkeypatch.setattr(detection_art, "outlier_detection", target_flagged)
+    monkeypatch.setenv("GNOMON_HOME", str(store.home))
+    common = {"model": store.model, "data_dir": str(store.dirs["training"]), "n_validation": 60, "steps": 1,
+              "nc_batch_size": 20, "mitigation": "unlearning", "unlearning_data": "paper",
+              "test_data_dir": str(store.dirs["testing"])}
+    plain = store.engine().run("neural_cleanse", common).metrics
+    larger = store.engine().run("neural_cleanse", dict(common, n_mitigation=400)).metrics
+    # the same search (the unlearning sample is drawn after it) ...
+    assert [larger[f"mask_l1_class_{c}"] for c in range(10)] == [plain[f"mask_l1_class_{c}"] for c in range(10)]
+    # ... then ART unlearns on every image of the sample it was given (paper: all of them, 20% stamped)
+    assert plain["n_mitigation"] == plain["n_mitigation_examples"] == 60
+    assert larger["n_mitigation"] == larger["n_mitigation_examples"] == 400
+
+
 @pytest.mark.parametrize("task, params, field", [
     ("activation_clustering", {"nb_clusters": 0}, "nb_clusters"),
     ("activation_clustering", {"layer": 99}, "layer"),
@@ -165,6 +189,8 @@ def test_neural_cleanse_mask_is_smallest_for_target(store, monkeypatch):
     ("strip", {"num_samples": 1}, "num_samples"),
     ("neural_cleanse", {"mitigation": "retraining"}, "mitigation"),
     ("neural_cleanse", {"norm": 3}, "norm"),
+    ("neural_cleanse", {"n_mitigation": 500}, "n_mitigation"),
+    ("neural_cleanse", {"n_mitigation": 5, "mitigation": "unlearning"}, "n_mitigation"),
 ])
 def test_bad_params_refused_before_any_run(store, monkeypatch, task, params, field):
     monkeypatch.setenv("GNOMON_HOME", str(store.home))

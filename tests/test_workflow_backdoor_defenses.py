@@ -7,8 +7,8 @@ import pytest
 from gnomon.core.workflows import apply_overrides, find_workflow, validate_workflow
 from gnomon.core.workflows.refs import step_dependencies
 
-QUICK = {"epochs": "1", "batch_size": "32", "nc_steps": "2", "nc_n_validation": "200", "strip_n_inputs": "150",
-         "strip_num_samples": "8"}
+QUICK = {"epochs": "1", "batch_size": "32", "nc_steps": "2", "nc_n_validation": "200", "nc_n_mitigation": "300",
+         "strip_n_inputs": "150", "strip_num_samples": "8"}
 
 
 def test_backdoor_defenses_validates_and_retrains_on_each_cleaned_set(gnomon_engine):

@@ -382,7 +382,7 @@ def outlier_detection(nc, x_val, y_val_onehot, *, advance=None):
 
 
 def mitigate_with(nc, x_val, y_val_onehot, masks, patterns, flagged, mitigation: str, *,
-                  unlearning_data: str = "art", rng=None) -> None:
+                  unlearning_data: str = "art", rng=None) -> int:
     """ART ``NeuralCleanseMixin.mitigate`` with the backdoors already found.
 
     ART's ``mitigate`` starts by re-running the whole backdoor search (``backdoor_examples`` ->
@@ -394,6 +394,7 @@ def mitigate_with(nc, x_val, y_val_onehot, masks, patterns, flagged, mitigation:
     Wang et al. (2019, section VI-C) describe unlearning: every validation image, a random 20% of
     them (``rng``) stamped with the flagged class's reversed trigger, all keeping their true labels.
     ART then fine-tunes on them for one epoch at batch size 1 either way.
+    Returns how many examples ``backdoor_examples`` handed to ART (0: nothing flagged, nothing done).
     """
     import numpy as np
 
@@ -419,9 +420,18 @@ def mitigate_with(nc, x_val, y_val_onehot, masks, patterns, flagged, mitigation:
             data[row] = (1 - masks[label]) * data[row] + masks[label] * patterns[label]
         return np.copy(x), data, np.copy(y)
 
-    nc.backdoor_examples = paper_examples if unlearning_data == "paper" else art_examples
+    build = paper_examples if unlearning_data == "paper" else art_examples
+    handed = []
+
+    def backdoor_examples(x, y):
+        clean, examples, labels = build(x, y)
+        handed.append(len(examples))
+        return clean, examples, labels
+
+    nc.backdoor_examples = backdoor_examples
     with quiet_stdout():
         nc.mitigate(x_val, y_val_onehot, [mitigation])
+    return handed[0] if handed else 0
 
 
 @contextlib.contextmanager

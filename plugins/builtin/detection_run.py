@@ -372,10 +372,17 @@ def neural_cleanse(ctx, **params) -> dict[str, Any]:
                       for c in range(n_classes)]}
     mitigation = params["mitigation"]
     if mitigation != "none":
+        x_fix, y_fix = x_val, y_val
+        if params.get("n_mitigation") is not None:
+            # its own sample, drawn after the search so the search's draws (and result) do not change
+            fix_rows = _sample(ctx, len(data), int(params["n_mitigation"]))
+            x_fix = fit_to_model(data.x[fix_rows], model).astype(np.float32)
+            y_fix = one_hot(data.y[fix_rows], data.n_classes)
         with timer("mitigate"):
-            mitigate_with(nc, x_val, y_val, masks, patterns, flagged, mitigation,
-                          unlearning_data=params["unlearning_data"], rng=ctx.rng)
+            n_examples = mitigate_with(nc, x_fix, y_fix, masks, patterns, flagged, mitigation,
+                                       unlearning_data=params["unlearning_data"], rng=ctx.rng)
         metrics = _repaired_metrics(ctx, params, nc, model, mitigation)
+        metrics.update(n_mitigation=len(x_fix), n_mitigation_examples=n_examples)
         ctx.log_metrics(metrics)
         shown += [(f"after {mitigation}: clean accuracy", f"{metrics.get('repaired_accuracy', float('nan')):.1%}")]
         if "repaired_attack_success_rate" in metrics:

@@ -164,6 +164,11 @@ class _NeuralCleanseChecks:
         if data.get("unlearning_data", "art") != "art" and data.get("mitigation") != "unlearning":
             raise ValidationError("only used with mitigation=unlearning", "unlearning_data")
 
+    @validates_schema
+    def _n_mitigation(self, data, **kwargs):
+        if data.get("n_mitigation") is not None and data.get("mitigation", "none") == "none":
+            raise ValidationError("only used with a mitigation (unlearning, pruning or filtering)", "n_mitigation")
+
 
 class NeuralCleanseSchema(_NeuralCleanseChecks, TaskSchema, DatasetSource("dataset_run_id", default_split="training",
                                                     default_tar=DEFAULT_TAR, default_name=DEFAULT_NAME),
@@ -202,6 +207,11 @@ class NeuralCleanseSchema(_NeuralCleanseChecks, TaskSchema, DatasetSource("datas
         "description": "Data unlearning fine-tunes on: 'art' (ART's: the flagged class's validation images with its "
                        "reversed trigger, labelled with that class) or 'paper' (Wang et al. 2019: every validation "
                        "image, 20% of them with the reversed trigger, true labels). Only with mitigation=unlearning."})
+    n_mitigation = fields.Integer(load_default=None, allow_none=True, strict=False, validate=validate.Range(10, 100000),
+                                  metadata={"description": "Clean images the mitigation uses, a seeded sample of the same "
+                                                           "dataset drawn after the search, 10..100000; none (default): "
+                                                           "the n_validation search images, as ART's mitigate. Wang et "
+                                                           "al. unlearn with 10% of the training set (6000 for MNIST)."})
     model_tag = fields.String(load_default="neural_cleanse", metadata={
         "description": "Tag in the repaired model's registered name {EXPERIMENT}_{model_tag}_{architecture}."})
     test_data_dir = fields.String(load_default=None, allow_none=True, metadata={
