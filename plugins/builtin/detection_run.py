@@ -231,9 +231,9 @@ def strip(ctx, **params) -> dict[str, Any]:
     import numpy as np
 
     from gnomon.core.datasets import resolve_dataset
-    from gnomon.core.models import fit_to_model, predict
+    from gnomon.core.models import fit_to_model
 
-    from .detection_art import strip_entropies, strip_threshold
+    from .detection_art import art_classifier, strip_entropies, strip_threshold
     from .detection_figures import entropy_figure
     from .detection_metrics import roc_summary
 
@@ -257,8 +257,12 @@ def strip(ctx, **params) -> dict[str, Any]:
     x_clean = fit_to_model(clean.x[clean_rows], model)
     batch = int(params["batch_size"])
 
+    # the superimpositions: ART's own forward pass (what ART's STRIP calls), not gnomon's remembered predict,
+    # whose content hash and copy of every random batch buy nothing (no batch is ever predicted twice)
+    forward = art_classifier(model)
+
     def predict_fn(x):
-        return predict(model, x, batch_size=max(batch * 4, 256))
+        return forward.predict(x, batch_size=max(batch * 4, 256))
 
     k = int(params["num_samples"])
     total = len(x_val) + len(x_trig) + len(x_clean)
