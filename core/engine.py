@@ -184,6 +184,7 @@ class Engine:
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or task.name,
                               nested=nested, tags=run_tags) as active:
             run_id = active.info.run_id
+            _know_artifact_location(self.tracking_uri, run_id, active.info.artifact_uri)
             ctx = RunContext(task=task.name, run_id=run_id, params=values, seed=seed, engine=self,
                              experiment_name=self.experiment, show_progress=self.show_progress)
             failure: BaseException | None = None
@@ -248,6 +249,22 @@ class Engine:
             except Exception:  # pragma: no cover - never mask the run's own outcome
                 pass
         return errors
+
+
+def _know_artifact_location(tracking_uri: str, run_id: str, artifact_uri: str) -> None:
+    """Tell MLflow where the new run's artifacts go, as its run-creation answer said: otherwise its first
+    ``log_artifact`` reads the run back from the tracking server only to learn it (one request per run)."""
+    try:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.tracking._tracking_service import utils
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+        cache = utils._artifact_repos_cache
+        if run_id not in cache:
+            uri = add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri)
+            cache[run_id] = get_artifact_repository(uri, tracking_uri=tracking_uri)
+    except Exception:  # MLflow internals: without them MLflow simply looks the location up itself
+        pass
 
 
 def _log_end(tracking_uri: str, run_id: str, outputs: dict[str, Any], duration: float | None,

@@ -160,3 +160,24 @@ def test_an_output_too_long_for_a_run_tag_fails_the_run_naming_it(gnomon_engine_
     engine = gnomon_engine_factory(plugins=[_Long()])
     with pytest.raises(TaskFailedError, match="output 'blob' is 9000 characters long"):
         engine.run("long", {})
+
+
+def test_logging_an_artifact_does_not_read_the_run_back(engine, monkeypatch):
+    """MLflow learns where a new run's artifacts go from the run's creation, not from one more read."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    reads = []
+    original = TrackingServiceClient.get_run
+    monkeypatch.setattr(TrackingServiceClient, "get_run", lambda self, run_id: reads.append(run_id) or
+                        original(self, run_id))
+    result = engine.run("work", {"value": 4})
+    assert reads == [result.run_id]  # the engine's one read of the finished run's metrics
+    client = engine.mlflow_client()
+    assert [f.path for f in client.list_artifacts(result.run_id, "out")] == ["out/result.json"]
+
+    from gnomon.core import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_know_artifact_location", lambda *args: None)
+    reads.clear()
+    engine.run("work", {"value": 4})
+    assert len(reads) == 2  # without it MLflow reads the run back at the first artifact
