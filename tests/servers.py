@@ -295,6 +295,7 @@ def remote_demo(ctx, n, sleep_s, fail, seed, offset, input_run):
     import time
 
     ctx.output("marker", MARKER)
+    ctx.set_tag("demo.started", MARKER)  # outputs are written when the run ends; this tag says the task began
     if sleep_s:
         time.sleep(sleep_s)
     if fail:

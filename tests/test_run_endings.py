@@ -71,11 +71,11 @@ class Store:
             connection.close()
 
     def wait_for(self, status: str, n: int = 1, timeout: float = 240, exclude=()) -> list[tuple[str, str, dict]]:
-        """Runs in ``status``; a RUNNING run counts once its task has started (its output tag is set)."""
+        """Runs in ``status``; a RUNNING run counts once its task has started (its ``demo.started`` tag is set)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             runs = [r for r in self.runs() if r[1] == status and r[0] not in exclude
-                    and (status != "RUNNING" or "gnomon.output.marker" in r[2])]
+                    and (status != "RUNNING" or "demo.started" in r[2])]
             if len(runs) >= n:
                 return runs
             time.sleep(0.3)

@@ -17,8 +17,6 @@ ALLOWED_GLOBALS = {
     ("core/embedded_store.py", "_prepared"): "SQLite stores created/migrated by this process: mirrors MLflow's "
                                               "process-wide store cache, which holds the prepared stores",
     ("core/tracking.py", "_reaped"): "stores this process already swept for orphaned runs (once per process)",
-    ("core/remote/worker.py", "_WARM"): "the plugin set a worker process loaded at start, inherited by the work "
-                                        "horses it forks (plugins, not data)",
 }
 
 

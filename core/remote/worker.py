@@ -27,10 +27,10 @@ from . import RemoteError
 ENV_PLUGINS = "GNOMON_WORKER_PLUGINS"
 ENV_CACHE = "GNOMON_WORKER_CACHE"
 
-#: The plugin set ``gnomon worker`` loaded at start (``{"manifest": id, "plugins": PluginSet}``). Every
-#: forked work horse inherits it: a job submitted against that manifest uses it as it is (no pull, no
-#: plugin loading, no registry to build); a job naming another version pulls and loads that one.
-_WARM: dict = {}
+#: Attribute of the RQ job object, set by the worker in its work horse, that carries the plugin set the worker
+#: loaded at start as ``(manifest_id, PluginSet)``: a job submitted against that manifest uses it as it is (no
+#: pull, no plugin loading, no registry to build); a job naming another version pulls and loads that one.
+WARM_ATTR = "_gnomon_warm"
 
 
 def _current_job():
@@ -91,8 +91,9 @@ def job_engine(job, manifest_id: str | None, experiment: str | None, *, needs: s
         job.meta.update(meta or {})
     values: dict[str, Any] = {}
     url = settings.text(ENV_PLUGINS)
-    if url and manifest_id is not None and _WARM.get("manifest") == manifest_id:
-        plugins = _WARM["plugins"]
+    warm_manifest, warm_plugins = getattr(job, WARM_ATTR, None) or (None, None)
+    if url and manifest_id is not None and warm_manifest == manifest_id:
+        plugins = warm_plugins
         values.update(pulled_manifest=manifest_id, pull_s=0.0)
     elif url:
         began = time.perf_counter()
@@ -156,6 +157,14 @@ def worker_class():
 
     class GnomonWorker(Worker):
         abandoned_after = 60
+        #: ``(manifest_id, PluginSet)`` loaded by ``start_worker``; forked horses inherit it with the worker
+        warm: tuple[str, Any] | None = None
+
+        def perform_job(self, job, *args, **kwargs):
+            # runs in the work horse: the job's code reaches the warm plugin set through the job it runs
+            if self.warm is not None:
+                setattr(job, WARM_ATTR, self.warm)
+            return super().perform_job(job, *args, **kwargs)
 
         def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
             return int(self.job_monitoring_interval + self.abandoned_after)
@@ -221,6 +230,7 @@ def start_worker(
     from .jobs import connect, redact, redis_url, serializer
     from .jobs import queue as make_queue
 
+    warm = None
     if plugins_url:
         os.environ[ENV_PLUGINS] = plugins_url
         if cache:
@@ -251,11 +261,11 @@ def start_worker(
             # their bytecode is cached next to them. Each job still loads the exact version it names.
             from .pull import load_synced_plugins
 
-            warm = load_synced_plugins(report.set_dir)
-            warm.registry  # noqa: B018
-            for info in warm.broken:
+            loaded = load_synced_plugins(report.set_dir)
+            loaded.registry  # noqa: B018
+            for info in loaded.broken:
                 echo(f"warning: synced plugin '{info.name}' is broken on this worker: {info.error}")
-            _WARM.update(manifest=report.manifest_id, plugins=warm)  # jobs against this version use it as is
+            warm = (report.manifest_id, loaded)  # jobs against this version use it as is
         _sweep_orphans_once(echo)
     url = redis_url(redis)
     connection = connect(url)
@@ -264,6 +274,7 @@ def start_worker(
     worker = cls([make_queue(connection, q) for q in queues], connection=connection, serializer=serializer(),
                  name=name, job_monitoring_interval=heartbeat, maintenance_interval=maintenance_interval,
                  worker_ttl=maintenance_interval + 15)  # an idle worker wakes up for maintenance
+    worker.warm = warm
     echo(f"worker {worker.name}: redis {redact(url)}, queues {', '.join(queues)}, "
          f"tracking {redact(os.environ.get('MLFLOW_TRACKING_URI') or '') or 'embedded store'}")
     try:
