@@ -30,6 +30,12 @@ SECRET_KEY = "gnomon-test-secret-0123456789"
 BUCKET = "gnomon-test"
 
 
+def ctrl_c_enabled() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: a shell that starts the test run in the
+    background (``cmd &``) makes SIGINT ignored, and children inherit that, so Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (held together while choosing, so no duplicates)."""
     socks = []

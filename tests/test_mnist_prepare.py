@@ -264,7 +264,8 @@ def test_real_process_interrupted_mid_write(tmp_path, signame):
     env = dict(os.environ, GNOMON_WORKERS="1")
     proc = subprocess.Popen([sys.executable, "-c", "from gnomon.cli.main import main; main()", "data", "mnist",
                              "--source", str(FULL_MNIST), "--dest", str(dest)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see servers.ctrl_c_enabled
     try:
         build = _wait_for_pngs(tmp_path, 20)
         proc.send_signal(getattr(signal, signame))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers import mlflow_server, redis_server, s3_server, write_demo_plugin  # noqa: E402,F401
+from servers import ctrl_c_enabled, mlflow_server, redis_server, s3_server, write_demo_plugin  # noqa: E402,F401
 
 GNOMON = str(Path(sys.executable).parent / "gnomon")
 
@@ -90,7 +90,8 @@ class Store:
 
 def _start_sleeper(env: dict[str, str], seconds: int = 300) -> subprocess.Popen:
     return subprocess.Popen([GNOMON, "run", "remote_demo", "-P", f"sleep_s={min(seconds, 60)}", "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_enabled)
 
 
 @pytest.mark.parametrize("signame, status, code", [("SIGTERM", "KILLED", -15), ("SIGHUP", "KILLED", -1),

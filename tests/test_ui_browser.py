@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_ports
+from tests.servers import ctrl_c_enabled, free_ports
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 GNOMON = Path(sys.executable).with_name("gnomon")
@@ -104,7 +104,7 @@ def ui_server(gnomon_home, mnist_sample_dirs):
     out, err = gnomon_home / "ui.out", gnomon_home / "ui.err"  # files, not pipes: nothing can fill up
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(cmd + ["ui", "--port", str(port)], stdout=stdout, stderr=stderr,
-                                env={**os.environ, "GNOMON_HOME": str(gnomon_home)})
+                                env={**os.environ, "GNOMON_HOME": str(gnomon_home)}, preexec_fn=ctrl_c_enabled)
     url, deadline = None, time.monotonic() + 600
     while time.monotonic() < deadline and url is None and proc.poll() is None:
         for line in out.read_text().splitlines():
