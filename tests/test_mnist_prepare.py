@@ -22,6 +22,7 @@ from gnomon.core.datasets import mnist as mnist_mod
 from gnomon.core.datasets.idx import BASENAMES, FULL_MNIST_SHA256, parse_sha256sums
 
 from .conftest import FULL_MNIST, SAMPLE_IDX
+from .servers import ctrl_c_enabled
 
 
 def _sums():
@@ -265,7 +266,7 @@ def test_real_process_interrupted_mid_write(tmp_path, signame):
     proc = subprocess.Popen([sys.executable, "-c", "from gnomon.cli.main import main; main()", "data", "mnist",
                              "--source", str(FULL_MNIST), "--dest", str(dest)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see servers.ctrl_c_enabled
+                            preexec_fn=ctrl_c_enabled)
     try:
         build = _wait_for_pngs(tmp_path, 20)
         proc.send_signal(getattr(signal, signame))
